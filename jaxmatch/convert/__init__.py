@@ -1,0 +1,55 @@
+"""Official PyTorch weights -> jaxmatch variables, accounting for every key.
+
+  variables = jaxmatch.convert.from_torch(config, state_dict)   # {'params': ..., 'batch_stats': ...}
+  state_dict = jaxmatch.convert.load_state_dict('model.pth')    # weights_only; .safetensors / .npz too
+
+Every official key is mapped or ignored with a stated reason; anything else raises CheckpointMismatchError
+listing the missing, unexpected and mis-shaped keys. The command line (`python -m jaxmatch.convert`) writes
+the result as a checkpoint that `python -m jaxmatch.main --mode eval` evaluates.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+from ml_collections import ConfigDict
+
+from jaxmatch.convert.keys import CheckpointMismatchError, KeyAccountant, assert_tree_matches  # noqa: F401
+from jaxmatch.convert.torch_io import load_state_dict  # noqa: F401
+
+
+def from_torch(config: ConfigDict, state_dict: Mapping[str, np.ndarray]) -> dict:
+  """Converts an official state_dict of config.model.name into flax variables (numpy leaves)."""
+  name = config.model.name
+  if name == "transformatcher":
+    from jaxmatch.convert.transformatcher import transformatcher_from_torch
+    return transformatcher_from_torch(state_dict, config.model)
+  raise ValueError(f"no converter for config.model.name {name!r}")
+
+
+def backbones_from_torchvision(config: ConfigDict, state_dict: Mapping[str, np.ndarray],
+                               variables: dict) -> dict:
+  """Puts a torchvision ResNet (e.g. the ImageNet resnet101 file) into every backbone of `variables`.
+
+  This is how the official recipes start: ImageNet weights in both TransforMatcher streams, head random.
+  """
+  from jaxmatch.convert.resnet import load_torchvision_resnet
+  tv = load_torchvision_resnet(state_dict, config.model.backbone_depth, include_fc=False,
+                               allow_unused_fc=True)
+  params = dict(variables["params"])
+  stats = dict(variables["batch_stats"])
+  names = [k for k in params if k.endswith("backbone")]
+  if not names:
+    raise ValueError(f"model {config.model.name!r} has no backbone to initialise")
+  for name in names:
+    for collection, tree in (("params", params), ("batch_stats", stats)):
+      sub = _take_matching(tree[name], tv[collection])
+      assert_tree_matches(tree[name], sub, what=f"torchvision {collection} for {name}")
+      tree[name] = sub
+  return {"params": params, "batch_stats": stats}
+
+
+def _take_matching(expected: Mapping, source: Mapping) -> dict:
+  """The part of `source` under `expected`'s keys (a backbone may stop before layer4)."""
+  return {k: (_take_matching(v, source[k]) if isinstance(v, Mapping) else source[k])
+          for k, v in expected.items() if k in source}

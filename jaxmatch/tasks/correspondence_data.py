@@ -1,0 +1,59 @@
+"""Where the correspondence data comes from: the user's real dataset, or the embedded synthetic one.
+
+A folder the user names must hold the real layout (an error otherwise, never a silent fallback). With no
+folder configured, the default location is used when present; else the embedded synthetic dataset (same
+on-disk layout, exact ground truth) is written into the workdir and the real builder reads it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from ml_collections import ConfigDict
+
+DATASET_FOLDERS = {"spair": "SPair-71k"}
+
+
+def default_manual_root() -> str:
+  """TFDS's conventional place for manually downloaded datasets (overridable by $JAXMATCH_DATA)."""
+  return os.environ.get("JAXMATCH_DATA",
+                        os.path.join(os.path.expanduser("~"), "tensorflow_datasets", "downloads", "manual"))
+
+
+def _embedded_spair(data_cfg: ConfigDict, workdir: str) -> str:
+  from input_pipeline.synthetic_spair import write_synthetic_spair
+  root = os.path.join(workdir, "embedded_data")
+  folder = os.path.join(root, DATASET_FOLDERS["spair"])
+  if not os.path.isdir(folder):
+    emb = data_cfg.embedded
+    write_synthetic_spair(root, num_pairs={"trn": emb.trn, "val": emb.val, "test": emb.test}, seed=emb.seed)
+  return folder
+
+
+def resolve_manual_dir(data_cfg: ConfigDict, workdir: str) -> tuple[str, bool]:
+  """Returns (dataset folder, is_embedded)."""
+  if data_cfg.dataset not in DATASET_FOLDERS:
+    raise ValueError(f"unknown config.data.dataset {data_cfg.dataset!r}; available: {sorted(DATASET_FOLDERS)}")
+  from input_pipeline.spair import validate_spair_layout
+  if data_cfg.manual_dir:
+    validate_spair_layout(data_cfg.manual_dir)  # raises DatasetLayoutError naming the expected layout
+    return data_cfg.manual_dir, False
+  default = os.path.join(default_manual_root(), DATASET_FOLDERS[data_cfg.dataset])
+  if os.path.isdir(default):
+    validate_spair_layout(default)
+    return default, False
+  msg = (f"No {DATASET_FOLDERS[data_cfg.dataset]} found at {default} and none configured "
+         "(--config.data.manual_dir); running on the embedded synthetic dataset.")
+  logging.warning(msg)
+  print(msg, flush=True)
+  return _embedded_spair(data_cfg, workdir), True
+
+
+def prepare_sources(data_cfg: ConfigDict, workdir: str) -> tuple[dict, bool]:
+  """Builds (once) the TFDS ArrayRecord copy and returns its data sources plus is_embedded."""
+  from input_pipeline.spair import prepare_spair, spair_sources
+  manual_dir, embedded = resolve_manual_dir(data_cfg, workdir)
+  data_dir = data_cfg.data_dir or (os.path.join(workdir, "tfds") if embedded else
+                                   os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
+  prepare_spair(manual_dir, data_dir)
+  return spair_sources(data_dir), embedded
