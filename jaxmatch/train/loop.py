@@ -42,7 +42,7 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Call
     rng = jax.random.fold_in(base_rng, state.step)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (model_state, metrics)), grads = grad_fn(state.params, state.model_state, batch, rng)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
