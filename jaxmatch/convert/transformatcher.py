@@ -1,0 +1,129 @@
+"""Official TransforMatcher state_dict -> jaxmatch variables.
+
+Head part: `match2match_from_torch` maps every `match2match.*` key of the official checkpoint
+(reference/transformatcher.md section 5) onto `jaxmatch.models.transformatcher.Match2Match`.
+One table (`match2match_tensors`) lists each tensor with its torch key, torch shape and flax path;
+the converter and the parity tests (which map gradients back to torch names) both walk it.
+
+Keys that are accounted for without becoming parameters:
+* `match2match.posenc` [15,15,15,15,16]: a leftover absolute position embedding that the official
+  forward never reads (ignored with that reason);
+* `match2match.trans_nc.L.0.fn.pos_emb.freqs` [2]: the rotary frequencies (one RotaryEmbedding
+  buffer shared by all layers). The port builds its rotary table from the constant float32
+  [pi, float32(5) * float32(pi)]; the checkpoint values are checked to be exactly that (a
+  ValueError names any key that differs) and then recorded as consumed.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, NamedTuple
+
+import numpy as np
+
+from jaxmatch.convert.keys import KeyAccountant, torch_linear_to_flax
+from jaxmatch.models.transformatcher.rotary import ROTARY_FREQS
+
+POSENC_REASON = ("never used in the official forward (leftover learnable absolute position "
+                 "embedding; receives no gradient)")
+FREQS_REASON = ("rotary frequencies (shared non-learnable RotaryEmbedding buffer): verified equal to "
+                "float32 [pi, 5*pi]; the port's rotary table is a constant built from these values")
+
+
+class Tensor(NamedTuple):
+  torch_key: str
+  torch_shape: tuple[int, ...]
+  path: tuple[str, ...]    # location inside the flax 'params' collection
+  kind: str                # 'linear' (transpose [out, in] -> [in, out]) | 'vector' (as is)
+
+
+def _linear(key: str, path: tuple, out_f: int, in_f: int, bias: bool = True) -> list[Tensor]:
+  t = [Tensor(f"{key}.weight", (out_f, in_f), path + ("kernel",), "linear")]
+  if bias:
+    t.append(Tensor(f"{key}.bias", (out_f,), path + ("bias",), "vector"))
+  return t
+
+
+def _layer_norm(key: str, path: tuple, dim: int) -> list[Tensor]:
+  return [Tensor(f"{key}.weight", (dim,), path + ("scale",), "vector"),
+          Tensor(f"{key}.bias", (dim,), path + ("bias",), "vector")]
+
+
+def match2match_tensors(prefix: str = "match2match.", depth: int = 6, in_channels: int = 26,
+                        width: int = 16, heads: int = 8, head_dim: int = 4,
+                        mlp_ratio: int = 4) -> list[Tensor]:
+  """Every learnable official match2match tensor with its flax location (posenc/freqs excluded)."""
+  inner = heads * head_dim
+  hidden = width * mlp_ratio
+  t = _linear(f"{prefix}to_embedding.1", ("to_embedding",), width, in_channels)
+  for i in range(depth):
+    blk, path = f"{prefix}trans_nc.{i}", (f"block_{i}",)
+    attn = path + ("attn",)
+    t += _layer_norm(f"{blk}.0.norm", path + ("norm_attn",), width)
+    t += _linear(f"{blk}.0.fn.to_qkv", attn + ("to_qkv",), 3 * inner, width, bias=False)
+    t += _linear(f"{blk}.0.fn.to_q_attn_logits", attn + ("to_q_attn_logits",), 1, head_dim,
+                 bias=False)
+    t += _linear(f"{blk}.0.fn.to_k_attn_logits", attn + ("to_k_attn_logits",), 1, head_dim // 2,
+                 bias=False)
+    t += _linear(f"{blk}.0.fn.to_r", attn + ("to_r",), head_dim, head_dim // 2)
+    t += _linear(f"{blk}.0.fn.to_out", attn + ("to_out",), width, inner)
+    t += _layer_norm(f"{blk}.1.norm", path + ("norm_mlp",), width)
+    t += _linear(f"{blk}.1.fn.0", path + ("mlp_fc1",), hidden, width)
+    t += _linear(f"{blk}.1.fn.2", path + ("mlp_fc2",), width, hidden)
+  t += _linear(f"{prefix}to_original.0", ("to_original",), 1, width)
+  return t
+
+
+def _set(tree: dict, path: tuple, value) -> None:
+  for p in path[:-1]:
+    tree = tree.setdefault(p, {})
+  tree[path[-1]] = value
+
+
+def get_path(tree: Mapping, path: tuple):
+  for p in path:
+    tree = tree[p]
+  return tree
+
+
+def match2match_from_torch(acc: KeyAccountant, prefix: str = "match2match.", depth: int = 6,
+                           in_channels: int = 26, width: int = 16, heads: int = 8,
+                           head_dim: int = 4, mlp_ratio: int = 4) -> dict[str, Any]:
+  """Maps the official match2match keys held by `acc` -> {'params': numpy tree} for Match2Match.
+
+  Shape problems and missing keys are recorded in `acc` (the caller's `acc.finish()` raises one
+  CheckpointMismatchError naming them all, together with any unexpected keys). Rotary `freqs`
+  that differ from float32 [pi, 5*pi] raise ValueError naming the keys at once.
+  """
+  params: dict[str, Any] = {}
+  for t in match2match_tensors(prefix, depth, in_channels, width, heads, head_dim, mlp_ratio):
+    value = acc.take(t.torch_key, t.torch_shape)
+    if value is None:
+      continue
+    value = np.asarray(value, np.float32)
+    _set(params, t.path, torch_linear_to_flax(value) if t.kind == "linear" else value)
+
+  acc.ignore(f"{prefix}posenc", POSENC_REASON)
+  bad = []
+  for i in range(depth):
+    key = f"{prefix}trans_nc.{i}.0.fn.pos_emb.freqs"
+    freqs = acc.take(key, ROTARY_FREQS.shape)
+    if freqs is None:
+      continue
+    freqs = np.asarray(freqs)
+    if freqs.dtype != np.float32 or not np.array_equal(freqs.view(np.uint32),
+                                                       ROTARY_FREQS.view(np.uint32)):
+      bad.append(f"{key} = {freqs.tolist()} ({freqs.dtype})")
+    else:
+      acc.ignore(key, FREQS_REASON)
+  if bad:
+    raise ValueError("rotary frequencies differ from the float32 [pi, 5*pi] the port is built "
+                     f"for (expected {ROTARY_FREQS.tolist()}):\n  " + "\n  ".join(bad))
+  return {"params": params}
+
+
+def match2match_params_from_state_dict(state_dict: Mapping[str, np.ndarray],
+                                       prefix: str = "match2match.", **kwargs) -> dict[str, Any]:
+  """Converts a state dict holding only match2match keys; raises on any mismatch."""
+  acc = KeyAccountant(state_dict, what="TransforMatcher match2match state_dict")
+  variables = match2match_from_torch(acc, prefix, **kwargs)
+  acc.finish()
+  return variables

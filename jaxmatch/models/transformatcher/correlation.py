@@ -1,0 +1,89 @@
+"""Multi-layer correlation of TransforMatcher (official `Geometry.cosine_similarity`, reference 2.2).
+
+Per tap pair (F, F^) with C channels (NHWC here):
+  1. L2-normalise every spatial vector over channels (no epsilon, as `utils.l2normalize`);
+  2. resize the *normalised feature maps* to size x size with bilinear align_corners=True
+     (identity for conv4_x maps, 8 -> 15 for conv5_x maps);
+  3. C[b, h1, w1, h2, w2] = <F_n[b, h1, w1, :], F^_n[b, h2, w2, :]>;
+  4. stack the taps in tap order on the LAST axis -> [B, size, size, size, size, L].
+The ReLU is applied by Match2Match (the output here is pre-ReLU, as the fixtures store it).
+
+The align-corners resize is written by hand (jax.image.resize has no align-corners mode) and
+reproduces PyTorch's CPU kernel: ratio = float32(in - 1) / float32(out - 1), source position
+ratio * i in float32, taps floor / floor + 1 (clamped), separable interpolation first along the
+width, then along the height. Equal sizes are an exact identity.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+
+
+def l2_normalize(x: jnp.ndarray) -> jnp.ndarray:
+  """x / ||x||_2 over the last (channel) axis, computed in at least float32. No epsilon (as the code)."""
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  return x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
+
+
+@functools.lru_cache(maxsize=64)
+def align_corners_taps(in_size: int, out_size: int):
+  """(i0, i1, w0, w1) for one axis of PyTorch's bilinear align_corners=True resize (numpy)."""
+  if out_size > 1:
+    ratio = np.float32(in_size - 1) / np.float32(out_size - 1)
+  else:
+    ratio = np.float32(0.0)
+  real = (ratio * np.arange(out_size, dtype=np.float32)).astype(np.float32)
+  i0 = np.minimum(np.floor(real).astype(np.int32), in_size - 1)
+  w1 = np.clip(real - i0.astype(np.float32), 0.0, 1.0).astype(np.float32)
+  i1 = (i0 + (i0 < in_size - 1)).astype(np.int32)
+  w0 = (np.float32(1.0) - w1).astype(np.float32)
+  return i0, i1, w0, w1
+
+
+def interpolate_axis_align_corners(x: jnp.ndarray, axis: int, out_size: int) -> jnp.ndarray:
+  """1-D linear interpolation (align_corners=True) of `x` along `axis` to `out_size` samples."""
+  axis = axis % x.ndim
+  in_size = x.shape[axis]
+  if in_size == out_size:
+    return x
+  i0, i1, w0, w1 = align_corners_taps(in_size, out_size)
+  bshape = [1] * x.ndim
+  bshape[axis] = out_size
+  x0 = jnp.take(x, jnp.asarray(i0), axis=axis, mode="clip")
+  x1 = jnp.take(x, jnp.asarray(i1), axis=axis, mode="clip")
+  w0 = jnp.asarray(w0, dtype=x.dtype).reshape(bshape)
+  w1 = jnp.asarray(w1, dtype=x.dtype).reshape(bshape)
+  return x0 * w0 + x1 * w1
+
+
+def resize_bilinear_align_corners(x_nhwc: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
+  """F.interpolate(mode='bilinear', align_corners=True) for NHWC input; exact identity for equal sizes."""
+  out_h, out_w = size
+  x = interpolate_axis_align_corners(x_nhwc, axis=2, out_size=out_w)   # width first (as PyTorch)
+  return interpolate_axis_align_corners(x, axis=1, out_size=out_h)
+
+
+def correlation_map(src: jnp.ndarray, trg: jnp.ndarray, size: int,
+                    precision=jax.lax.Precision.HIGHEST) -> jnp.ndarray:
+  """One tap: [B, h, w, C] x [B, h', w', C] -> cosine map [B, size, size, size, size] (pre-ReLU)."""
+  src = resize_bilinear_align_corners(l2_normalize(src), (size, size))
+  trg = resize_bilinear_align_corners(l2_normalize(trg), (size, size))
+  return jnp.einsum("bijc,bklc->bijkl", src, trg, precision=precision)
+
+
+def multilayer_correlation(src_feats: Sequence[jnp.ndarray], trg_feats: Sequence[jnp.ndarray],
+                           size: int, precision=jax.lax.Precision.HIGHEST) -> jnp.ndarray:
+  """Stacked per-tap cosine maps, [B, size, size, size, size, L] (L = number of taps), PRE-ReLU.
+
+  Source cell (h1, w1), target cell (h2, w2); channel l = tap l in backbone order.
+  """
+  if len(src_feats) != len(trg_feats):
+    raise ValueError(f"{len(src_feats)} source taps but {len(trg_feats)} target taps")
+  if not src_feats:
+    raise ValueError("multilayer_correlation needs at least one tap")
+  maps = [correlation_map(s, t, size, precision) for s, t in zip(src_feats, trg_feats)]
+  return jnp.stack(maps, axis=-1)
