@@ -34,8 +34,7 @@ def backbones_from_torchvision(config: ConfigDict, state_dict: Mapping[str, np.n
   This is how the official recipes start: ImageNet weights in both TransforMatcher streams, head random.
   """
   from jaxmatch.convert.resnet import load_torchvision_resnet
-  tv = load_torchvision_resnet(state_dict, config.model.backbone_depth, include_fc=False,
-                               allow_unused_fc=True)
+  tv = load_torchvision_resnet(state_dict, config.model.backbone_depth, include_fc=False)
   params = dict(variables["params"])
   stats = dict(variables["batch_stats"])
   names = [k for k in params if k.endswith("backbone")]

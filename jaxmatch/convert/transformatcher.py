@@ -127,3 +127,36 @@ def match2match_params_from_state_dict(state_dict: Mapping[str, np.ndarray],
   variables = match2match_from_torch(acc, prefix, **kwargs)
   acc.finish()
   return variables
+
+
+BACKBONE_FC_REASON = ("backbone.fc is not doubled and never called (the official forward stops after "
+                      "layer4's last block)")
+NUM_BATCHES_REASON = ("BatchNorm num_batches_tracked: one scalar shared by both streams; irrelevant with "
+                      "momentum 0.1")
+
+
+def transformatcher_from_torch(state_dict: Mapping[str, np.ndarray], model_cfg) -> dict[str, Any]:
+  """A whole official TransforMatcher state_dict -> {'params', 'batch_stats'} of TransforMatcher.
+
+  The official backbone is one ResNet with groups=2 and every tensor doubled on dim 0: the first half of
+  each tensor is the source stream, the second half the target stream (two separate parameter sets here).
+  """
+  from jaxmatch.convert.resnet import resnet_from_torch
+  from jaxmatch.convert.torch_io import strip_prefix
+  from jaxmatch.models.resnet import RESNET_STAGES
+
+  acc = KeyAccountant(strip_prefix(state_dict), what="TransforMatcher checkpoint")
+  stages = RESNET_STAGES[model_cfg.backbone_depth]
+  num_stages = max(model_cfg.tap_stages)
+  streams = {name: resnet_from_torch(acc, stages, prefix="backbone.", split=(i, 2), num_stages=num_stages)
+             for i, name in enumerate(("source_backbone", "target_backbone"))}
+  in_channels = sum(stages[s - 1] for s in model_cfg.tap_stages)
+  head = match2match_from_torch(acc, "match2match.", depth=model_cfg.depth, in_channels=in_channels,
+                                width=model_cfg.width, heads=model_cfg.heads, head_dim=model_cfg.head_dim,
+                                mlp_ratio=model_cfg.mlp_ratio)
+  acc.ignore_matching(lambda k: k.startswith("backbone.fc."), BACKBONE_FC_REASON)
+  acc.ignore_matching(lambda k: k.endswith("num_batches_tracked"), NUM_BATCHES_REASON)
+  acc.finish()
+  params = {name: v["params"] for name, v in streams.items()}
+  params["match2match"] = head["params"]
+  return {"params": params, "batch_stats": {name: v["batch_stats"] for name, v in streams.items()}}
