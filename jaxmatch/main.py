@@ -26,23 +26,6 @@ def default_workdir(config_arg: str) -> str:
   return os.path.join("runs", f"{name}-{arg}" if arg else name)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-  from input_pipeline.errors import CorruptImageError, DatasetLayoutError
-  from jaxmatch.convert.keys import CheckpointMismatchError
-  from jaxmatch.train.checkpoint import CheckpointError
-  from jaxmatch.train.loop import NonFiniteError
-  return (DatasetLayoutError, CorruptImageError, CheckpointMismatchError, CheckpointError, NonFiniteError)
-
-
-def run(config, workdir: str, mode: str):
-  from jaxmatch import tasks
-  from jaxmatch.train import loop
-  task = tasks.build(config, workdir)
-  if mode == "train":
-    return loop.train_and_evaluate(config, workdir, task)
-  return loop.evaluate_checkpoint(config, workdir, task)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -50,9 +33,10 @@ def main(argv):
   maybe_initialize_distributed()
   workdir = _WORKDIR.value or default_workdir(config_flags.get_config_filename(flags.FLAGS["config"]))
   logging.info("workdir: %s", workdir)
+  from jaxmatch.runner import run, user_errors
   try:
     run(_CONFIG.value, workdir, _MODE.value)
-  except _user_errors() as e:
+  except user_errors() as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
 

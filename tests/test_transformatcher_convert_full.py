@@ -7,18 +7,15 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import SHARED
+from conftest import REPO, SHARED
+from jaxmatch.config_utils import load_config
 from jaxmatch import convert, models
 from jaxmatch.convert.keys import CheckpointMismatchError
 from jaxmatch.models.transformatcher.rotary import ROTARY_FREQS
-import importlib.util
 
 
 def _recipe(arg=None):
-  spec = importlib.util.spec_from_file_location("recipe", "configs/transformatcher_spair.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return load_config(str(REPO / "configs" / "transformatcher_spair.py") + (f":{arg}" if arg else ""))
 
 
 def official_like_state_dict(seed: int = 0) -> dict:

@@ -160,3 +160,34 @@ def transformatcher_from_torch(state_dict: Mapping[str, np.ndarray], model_cfg) 
   params = {name: v["params"] for name, v in streams.items()}
   params["match2match"] = head["params"]
   return {"params": params, "batch_stats": {name: v["batch_stats"] for name, v in streams.items()}}
+
+
+def transformatcher_to_torch(variables: Mapping, model_cfg) -> dict[str, np.ndarray]:
+  """Inverse of `transformatcher_from_torch`: jaxmatch variables -> an official-layout state_dict.
+
+  The two streams are concatenated on dim 0 (the official doubled backbone); the never-used tensors
+  (`posenc`, `backbone.fc`) are written as zeros of their official shapes and `freqs` as the constants,
+  so the result loads strictly into the official module (for the parity tool and round-trip tests).
+  """
+  from jaxmatch.convert.resnet import resnet_to_torch
+  from jaxmatch.models.resnet import RESNET_STAGES
+
+  stages = RESNET_STAGES[model_cfg.backbone_depth]
+  halves = [resnet_to_torch({c: variables[c][name] for c in ("params", "batch_stats")}, stages, "backbone.")
+            for name in ("source_backbone", "target_backbone")]
+  sd = {k: np.concatenate([halves[0][k], halves[1][k]], axis=0) for k in halves[0]}
+  for key in [k for k in sd if k.endswith("running_var")]:
+    sd[key.replace("running_var", "num_batches_tracked")] = np.array(0, np.int64)
+  sd["backbone.fc.weight"] = np.zeros((1000, 2048), np.float32)
+  sd["backbone.fc.bias"] = np.zeros((1000,), np.float32)
+  in_channels = sum(stages[s - 1] for s in model_cfg.tap_stages)
+  head = variables["params"]["match2match"]
+  for t in match2match_tensors("match2match.", model_cfg.depth, in_channels, model_cfg.width,
+                               model_cfg.heads, model_cfg.head_dim, model_cfg.mlp_ratio):
+    value = np.asarray(get_path(head, t.path), np.float32)
+    sd[t.torch_key] = torch_linear_to_flax(value) if t.kind == "linear" else value  # transpose is its own inverse
+  for i in range(model_cfg.depth):
+    sd[f"match2match.trans_nc.{i}.0.fn.pos_emb.freqs"] = ROTARY_FREQS.copy()
+  grid = 15  # the official posenc shape is fixed by the code, whatever the input size
+  sd["match2match.posenc"] = np.zeros((grid,) * 4 + (model_cfg.width,), np.float32)
+  return sd

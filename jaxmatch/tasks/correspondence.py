@@ -87,7 +87,8 @@ class CorrespondenceTask:
     methods = {"model": "predict"}
     if tag == "before":
       methods["raw_argmax_baseline"] = "predict_raw_argmax"
-    accs = {m: PCKAccumulator(alphas=tuple(ecfg.alphas)) for m in methods}
+    from input_pipeline.spair import SPAIR_CATEGORIES
+    accs = {m: PCKAccumulator(alphas=tuple(ecfg.alphas), category_names=SPAIR_CATEGORIES) for m in methods}
     for batch in self._eval_batches(mesh):
       inputs = parallel.to_global({k: batch[k] for k in DEVICE_KEYS}, mesh)
       host_batch = _gather_host(batch)

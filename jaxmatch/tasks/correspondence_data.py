@@ -50,10 +50,21 @@ def resolve_manual_dir(data_cfg: ConfigDict, workdir: str) -> tuple[str, bool]:
 
 
 def prepare_sources(data_cfg: ConfigDict, workdir: str) -> tuple[dict, bool]:
-  """Builds (once) the TFDS ArrayRecord copy and returns its data sources plus is_embedded."""
+  """Builds (once) the TFDS ArrayRecord copy and returns its data sources plus is_embedded.
+
+  In a multi-process job process 0 writes and prepares; the others wait at a barrier, then read.
+  """
+  import jax
+  from jax.experimental import multihost_utils
+
   from input_pipeline.spair import prepare_spair, spair_sources
-  manual_dir, embedded = resolve_manual_dir(data_cfg, workdir)
+  embedded = not data_cfg.manual_dir and not os.path.isdir(
+      os.path.join(default_manual_root(), DATASET_FOLDERS[data_cfg.dataset]))
   data_dir = data_cfg.data_dir or (os.path.join(workdir, "tfds") if embedded else
                                    os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
-  prepare_spair(manual_dir, data_dir)
+  if jax.process_index() == 0:
+    manual_dir, embedded = resolve_manual_dir(data_cfg, workdir)
+    prepare_spair(manual_dir, data_dir)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("jaxmatch: dataset prepared")
   return spair_sources(data_dir), embedded

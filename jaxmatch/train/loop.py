@@ -53,11 +53,11 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Call
   return step
 
 
-def init_state(task, tx_config: ConfigDict, mesh, seed: int):
+def init_state(task, tx_config: ConfigDict, mesh, seed: int, total_steps: int = 1):
   """Params are born replicated on the mesh: init runs under jit with a replicated out_sharding."""
   repl = parallel.replicated(mesh)
   params, model_state = jax.jit(task.init_variables, out_shardings=repl)(jax.random.key(seed))
-  tx = make_optimizer(tx_config, task.param_labels(params))
+  tx = make_optimizer(tx_config, task.param_labels(params), total_steps)
   state = jax.jit(lambda p, m: create_state(p, m, tx), out_shardings=repl)(params, model_state)
   return state, tx
 
@@ -88,11 +88,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str, task,
   ckpt.check_config_compatible(workdir, config.to_json_best_effort())
   _save_config(workdir, config)
 
-  state, tx = init_state(task, tcfg, mesh, tcfg.seed)
+  total_steps = task.num_train_steps(tcfg)
+  state, tx = init_state(task, tcfg, mesh, tcfg.seed, total_steps)
   local_batch = parallel.per_process_batch(tcfg.batch_size)
   data_iter = task.train_iterator(local_batch, seed=tcfg.seed, shard_index=jax.process_index(),
                                   shard_count=jax.process_count())
-  total_steps = task.num_train_steps(tcfg)
 
   manager = ckpt.make_manager(workdir, tcfg.keep_checkpoints)
   resumed = manager.latest_step() is not None

@@ -43,7 +43,8 @@ class MetricWriter:
     self._jsonl.flush()
     if self._tb is not None:
       for k, v in scalars.items():
-        self._tb.add_scalar(k, v, int(step))
+        self._tb.add_scalar(k.replace("@", "_at_"), v, int(step))  # TensorBoard tags allow no '@'
+
       self._tb.flush()
 
   def close(self) -> None:

@@ -15,20 +15,27 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
 
-# Environment variables by which cluster launchers announce a multi-process job.
-_CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
-                "TPU_WORKER_HOSTNAMES", "JAXMATCH_DISTRIBUTED")
-
-
 def maybe_initialize_distributed() -> bool:
-  """Calls jax.distributed.initialize() when a launcher describes a multi-process job."""
-  if os.environ.get("SLURM_NTASKS", "1") == "1" and not any(
-      k in os.environ for k in _CLUSTER_ENV if k != "SLURM_NTASKS"):
-    return False
+  """Starts the multi-process runtime when the environment describes a multi-process job.
+
+  Explicit: JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES, JAX_PROCESS_ID (e.g. set by
+  a Kubernetes manifest, see launch/). Auto-detected: SLURM (srun) and Open MPI (mpirun) with > 1 task.
+  """
+  env = os.environ
   if jax.distributed.is_initialized():
     return True
-  jax.distributed.initialize()
-  return True
+  if "JAX_COORDINATOR_ADDRESS" in env:
+    missing = [k for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if k not in env]
+    if missing:
+      raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {missing} are not; set all three (launch/README.md)")
+    jax.distributed.initialize(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+                               num_processes=int(env["JAX_NUM_PROCESSES"]),
+                               process_id=int(env["JAX_PROCESS_ID"]))
+    return True
+  if int(env.get("SLURM_NTASKS", "1")) > 1 or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+    jax.distributed.initialize()  # jax reads the launcher's variables itself
+    return True
+  return False
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:

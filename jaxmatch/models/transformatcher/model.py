@@ -92,13 +92,20 @@ class TransforMatcherModel:
 
   @property
   def grid(self) -> int:
-    """Side of the upsampled correlation grid (30 at 240 px)."""
-    return self.img_size // 16 * self.cfg.upsample_factor
+    """Side of the upsampled correlation grid: the first tapped stage's resolution (15 at 240 px) x 2."""
+    stride = 4 * 2 ** (min(self.cfg.tap_stages) - 1)  # stage 1 has stride 4, each later stage doubles it
+    return self.img_size // stride * self.cfg.upsample_factor
 
   def init_variables(self, rng):
     x = jnp.zeros((1, self.img_size, self.img_size, 3), jnp.float32)
     variables = self.module.init(rng, x, x, train=False)
-    return variables["params"], {"batch_stats": variables["batch_stats"]}
+    params, stats = dict(variables["params"]), dict(variables["batch_stats"])
+    if self.cfg.same_backbone_init:
+      # The official recipe copies one ImageNet ResNet into both streams; with independent random
+      # streams, source and target features would not be comparable and the correlation meaningless.
+      params["target_backbone"] = params["source_backbone"]
+      stats["target_backbone"] = stats["source_backbone"]
+    return params, {"batch_stats": stats}
 
   def param_labels(self, params):
     return {k: jax.tree.map(lambda _: "backbone" if k.endswith("backbone") else "head", v)
