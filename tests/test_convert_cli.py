@@ -67,6 +67,18 @@ def test_converted_checkpoint_evaluates_like_the_original(official_file, tmp_pat
   assert direct["pck@0.1"] == pytest.approx(result["pck@0.1"], abs=1e-9)
 
 
+def test_training_continues_from_converted_weights(official_file, tmp_path):
+  config, _, _, path = official_file
+  config = config.copy_and_resolve_references()
+  workdir = str(tmp_path / "finetune")
+  convert_to_workdir(config, workdir, torch_checkpoint=path)
+  config.train.update(dict(num_steps=2, checkpoint_every=2, log_every=1, eval_before_training=False))
+  from jaxmatch.runner import run
+  result = run(config, workdir, "train")
+  assert result.step == 2 and result.eval_before is None  # resumed from the converted step-0 state
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["0", "2"]
+
+
 def test_safetensors_and_npz_are_read(official_file, tmp_path):
   config, _, sd, _ = official_file
   from safetensors.numpy import save_file

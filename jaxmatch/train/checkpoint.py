@@ -55,7 +55,9 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter=None,
   if step is None:
     raise CheckpointError(f"no checkpoint in {manager.directory}")
   items = {STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}
-  if data_iter is not None:
+  # A converted checkpoint (python -m jaxmatch.convert) has no data position: training starts the data
+  # from the beginning.
+  if data_iter is not None and os.path.isdir(os.path.join(str(manager.directory), str(step), DATA)):
     items[DATA] = grain.checkpoint.CheckpointRestore(data_iter)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(**items))

@@ -110,8 +110,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, task,
   repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
   train_step = jax.jit(make_train_step(task.loss_fn, tx), donate_argnums=(0,),
                        in_shardings=(repl, data, repl), out_shardings=(repl, repl))
-  base_rng = jax.device_put(jax.random.key_data(jax.random.key(tcfg.seed + 1)), repl)
-  base_rng = jax.random.wrap_key_data(base_rng)
+  base_rng = jax.random.key(tcfg.seed + 1)  # folded with the step inside the jitted step
   bar = ProgressBar(total_steps, start, unit=task.unit)
   step, metrics, t_log = start, None, time.perf_counter()
   try:
