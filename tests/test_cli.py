@@ -14,7 +14,7 @@ from test_convert_cli import REPO, tiny_config
 TINY = ["--config=configs/transformatcher_spair.py:smoke", "--config.data.img_size=64",
         "--config.data.num_workers=0", "--config.data.embedded.trn=16", "--config.data.embedded.val=8",
         "--config.data.embedded.test=8", "--config.eval.batch_size=8", "--config.train.num_steps=4",
-        "--config.train.checkpoint_every=2", "--config.train.log_every=2"]
+        "--config.train.checkpoint_every=2", "--config.train.log_every=2", "--config.train.eval_every=2"]
 
 
 def _main(args, env_data, timeout=600):
@@ -40,6 +40,8 @@ def test_train_prints_pck_before_and_after(trained):
     result = json.load(open(workdir / "eval" / f"{name}.json"))
     assert 0.0 <= result["pck@0.1"] <= 100.0 and result["num_pairs"] == 8
   assert "step 4/4" in proc.stderr  # progress bar
+  periodic = json.load(open(workdir / "eval" / "step2_model.json"))
+  assert periodic["split"] == "val" and periodic["num_pairs"] == 8  # validation during training
   steps = [json.loads(l)["step"] for l in open(workdir / "metrics.jsonl") if "train/loss" in l]
   assert steps == [2, 4]
   assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]

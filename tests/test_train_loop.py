@@ -86,8 +86,8 @@ class ToyTask:
   def num_train_steps(self, tcfg):
     return tcfg.num_steps
 
-  def evaluate(self, params, model_state, mesh, workdir, step, tag):
-    self.evaluations.append((tag, step))
+  def evaluate(self, params, model_state, mesh, workdir, step, tag, periodic=False):
+    self.evaluations.append((tag, step, periodic))
     return {"step_seen": float(step)}
 
 
@@ -151,7 +151,7 @@ def test_interrupted_run_resumes_exactly(tmp_path):
   task = ToyTask()
   result = loop.train_and_evaluate(toy_config(), cut, task)
   assert result.step == 6
-  assert ("before", 0) not in task.evaluations  # a resumed run does not re-evaluate the fresh model
+  assert [e for e in task.evaluations if e[0] == "before"] == []  # a resumed run skips the fresh-model eval
   a, b = params_of(full, toy_config(), ToyTask()), params_of(cut, toy_config(), ToyTask())
   assert int(a.step) == int(b.step) == 6
   _leaves_close(a.params, b.params, atol=0)
@@ -177,6 +177,12 @@ def test_learning_rate_groups_and_frozen_group(tmp_path):
   init_params, _ = ToyTask().init_variables(jax.random.key(0))
   _leaves_close(state.params["backbone"], init_params["backbone"], atol=0)
   assert not np.allclose(state.params["head"]["kernel"], np.asarray(init_params["head"]["kernel"]))
+
+
+def test_periodic_evaluation_is_marked_for_the_validation_split(tmp_path):
+  task = ToyTask()
+  loop.train_and_evaluate(toy_config(num_steps=4, eval_every=2), str(tmp_path / "v"), task)
+  assert task.evaluations == [("before", 0, False), ("step2", 2, True), ("final", 4, False)]
 
 
 def test_metrics_written(tmp_path):

@@ -68,11 +68,11 @@ class CorrespondenceTask:
       self._predict_fns[key] = jax.jit(fn, in_shardings=(repl, repl, data), out_shardings=data)
     return self._predict_fns[key]
 
-  def _eval_batches(self, mesh):
+  def _eval_batches(self, mesh, split: str):
     from input_pipeline.pairs import make_iterator
     ecfg = self.config.eval
     parallel.check_batch_divisible(ecfg.batch_size, mesh)
-    ds = self._dataset(ecfg.split, parallel.per_process_batch(ecfg.batch_size), False, 0,
+    ds = self._dataset(split, parallel.per_process_batch(ecfg.batch_size), False, 0,
                        jax.process_index(), jax.process_count())
     seen = 0
     for batch in make_iterator(ds, num_workers=self.config.data.num_workers):
@@ -81,15 +81,18 @@ class CorrespondenceTask:
       seen += ecfg.batch_size
       yield batch
 
-  def evaluate(self, params, model_state, mesh, workdir: str, step: int, tag: str) -> dict:
-    """PCK on config.eval.split; on the fresh model also the raw-correlation argmax baseline."""
+  def evaluate(self, params, model_state, mesh, workdir: str, step: int, tag: str,
+               periodic: bool = False) -> dict:
+    """PCK on config.eval.split (periodic evaluations during training: config.data.val_split, as the
+    official code validates every epoch); on the fresh model also the raw-correlation argmax baseline."""
     ecfg = self.config.eval
+    split = self.config.data.val_split if periodic else ecfg.split
     methods = {"model": "predict"}
     if tag == "before":
       methods["raw_argmax_baseline"] = "predict_raw_argmax"
     from input_pipeline.spair import SPAIR_CATEGORIES
     accs = {m: PCKAccumulator(alphas=tuple(ecfg.alphas), category_names=SPAIR_CATEGORIES) for m in methods}
-    for batch in self._eval_batches(mesh):
+    for batch in self._eval_batches(mesh, split):
       inputs = parallel.to_global({k: batch[k] for k in DEVICE_KEYS}, mesh)
       host_batch = _gather_host(batch)
       for m, fn_name in methods.items():
@@ -100,7 +103,7 @@ class CorrespondenceTask:
       result = acc.result()
       prefix = "" if m == "model" else f"{m}/"
       scalars.update({f"{prefix}{k}": v for k, v in result.items() if isinstance(v, (int, float))})
-      _report(workdir, f"{tag}_{m}", step, ecfg.split, result, acc.format_table())
+      _report(workdir, f"{tag}_{m}", step, split, result, acc.format_table())
     return scalars
 
 

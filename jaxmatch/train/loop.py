@@ -131,7 +131,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, task,
         ckpt.save(manager, step, state, {"step": step}, data_iter)
       if tcfg.eval_every and step % tcfg.eval_every == 0 and not last:
         writer.write(step, task.evaluate(state.params, state.model_state, mesh, workdir, step=step,
-                                         tag=f"step{step}"), prefix="eval/")
+                                         tag=f"step{step}", periodic=True), prefix="val/")
       if after_step is not None:
         after_step(step)
   finally:

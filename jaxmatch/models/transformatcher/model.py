@@ -138,7 +138,7 @@ class TransforMatcherModel:
     corr = self.module.apply({"params": params, **model_state}, batch["src_img"], batch["trg_img"],
                              method=TransforMatcher.correlation)
     raw = jnp.mean(jax.nn.relu(corr), axis=-1)
-    b, h = raw.shape[0], raw.shape[1]
+    b = raw.shape[0]
     scores = geometry.upsample4d_align_corners(raw, self.grid).reshape(b, self.grid ** 2, self.grid ** 2)
     best = jnp.argmax(scores, axis=-1)
     coords = jnp.linspace(-1.0, 1.0, self.grid)
