@@ -40,6 +40,10 @@ class KeyAccountant:
       value = value.astype(np.float32)
     return value
 
+  def shape_of(self, key: str) -> tuple[int, ...] | None:
+    """Shape of `key` in the checkpoint (None if absent), without claiming the key."""
+    return tuple(np.shape(self._sd[key])) if key in self._sd else None
+
   def ignore(self, key: str, reason: str) -> None:
     """Marks `key` as deliberately unused (it must exist; its absence is not an error)."""
     if key in self._sd:
@@ -65,6 +69,24 @@ class KeyAccountant:
         if len(keys) > 50:
           lines.append(f"    ... and {len(keys) - 50} more")
     raise CheckpointMismatchError("\n".join(lines))
+
+
+def set_path(tree: dict, path: Sequence[str], value) -> None:
+  """tree[p0][p1]...[pn] = value, creating the intermediate dicts."""
+  for key in path[:-1]:
+    tree = tree.setdefault(key, {})
+  tree[path[-1]] = value
+
+
+def get_path(tree: Mapping, path: Sequence[str], default=KeyError):
+  """tree[p0][p1]...[pn]; `default` (if given) where the path does not exist."""
+  for key in path:
+    if not isinstance(tree, Mapping) or key not in tree:
+      if default is KeyError:
+        raise KeyError("/".join(path))
+      return default
+    tree = tree[key]
+  return tree
 
 
 def torch_conv_to_flax(w: np.ndarray) -> np.ndarray:

@@ -16,8 +16,9 @@ from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from jaxmatch.convert.keys import KeyAccountant, torch_conv_to_flax, torch_linear_to_flax
-from jaxmatch.convert.torch_io import _to_numpy_tree
+from jaxmatch.convert.keys import (KeyAccountant, get_path, set_path, torch_conv_to_flax,
+                                   torch_linear_to_flax)
+from jaxmatch.convert.torch_io import to_numpy_tree
 from jaxmatch.models.resnet import EXPANSION, RESNET_STAGES, STEM_FEATURES, stage_features
 
 NUM_BATCHES_REASON = ("BatchNorm num_batches_tracked only matters for momentum=None (cumulative "
@@ -107,12 +108,6 @@ def _take(acc: KeyAccountant, t: Tensor, split: tuple[int, int] | None):
   return None if value is None else value[i * rows:(i + 1) * rows]
 
 
-def _set(tree: dict, keys: Sequence[str], value) -> None:
-  for k in keys[:-1]:
-    tree = tree.setdefault(k, {})
-  tree[keys[-1]] = value
-
-
 def tensors_from_torch(acc: KeyAccountant, tensors: Sequence[Tensor],
                        split: tuple[int, int] | None = None) -> dict:
   """Reads `tensors` from the accountant's state_dict into {'params': ..., 'batch_stats': ...} (numpy).
@@ -123,7 +118,7 @@ def tensors_from_torch(acc: KeyAccountant, tensors: Sequence[Tensor],
   for t in tensors:
     value = _take(acc, t, split)
     if value is not None:
-      _set(variables, (t.collection,) + t.path, _to_flax_layout(t, value))
+      set_path(variables, (t.collection,) + t.path, _to_flax_layout(t, value))
   return variables
 
 
@@ -143,8 +138,9 @@ def resnet_from_torch(acc: KeyAccountant, stage_sizes, prefix: str = "",
                       include_fc: bool = False) -> dict:
   """Variables of `ResNet(stage_sizes, num_stages=...)`; the caller ignores leftover keys and finishes."""
   num_classes = 1000
-  if include_fc and f"{prefix}fc.bias" in acc._sd:  # noqa: SLF001 -- the head size comes from the file
-    num_classes = int(np.shape(acc._sd[f"{prefix}fc.bias"])[0])  # noqa: SLF001
+  fc_shape = acc.shape_of(f"{prefix}fc.bias")
+  if include_fc and fc_shape:
+    num_classes = int(fc_shape[0])  # the head size comes from the file
   tensors = resnet_tensors(stage_sizes, prefix, num_stages, include_fc, num_classes)
   return tensors_from_torch(acc, tensors, split)
 
@@ -153,21 +149,13 @@ def load_torchvision_resnet(state_dict: Mapping, depth: int, include_fc: bool = 
   """A whole torchvision resnet{50,101,152} state_dict -> variables; raises CheckpointMismatchError."""
   if depth not in RESNET_STAGES:
     raise ValueError(f"unsupported ResNet depth {depth}; choose one of {sorted(RESNET_STAGES)}")
-  acc = KeyAccountant(_to_numpy_tree(state_dict), f"torchvision resnet{depth} state_dict")
+  acc = KeyAccountant(to_numpy_tree(state_dict), f"torchvision resnet{depth} state_dict")
   variables = resnet_from_torch(acc, RESNET_STAGES[depth], include_fc=include_fc)
   acc.ignore_matching(lambda k: k.endswith("num_batches_tracked"), NUM_BATCHES_REASON)
   if not include_fc:
     acc.ignore_matching(lambda k: k.startswith("fc."), FC_REASON)
   acc.finish()
   return variables
-
-
-def _get(tree: Mapping, keys: Sequence[str]):
-  for k in keys:
-    if not isinstance(tree, Mapping) or k not in tree:
-      return None
-    tree = tree[k]
-  return tree
 
 
 def _leaf_paths(tree: Mapping, prefix: tuple = ()) -> list[tuple]:
@@ -185,7 +173,7 @@ def tensors_to_torch(variables: Mapping, tensors: Sequence[Tensor]) -> dict[str,
   sd, known = {}, set()
   for t in tensors:
     location = (t.collection,) + t.path
-    value = _get(variables, location)
+    value = get_path(variables, location, None)
     if value is not None:
       sd[t.torch_key] = _to_torch_layout(t, value)
       known.add(location)
@@ -199,8 +187,8 @@ def resnet_to_torch(variables: Mapping, stage_sizes, prefix: str = "") -> dict[s
   """ResNet variables (or gradients shaped like them) -> torchvision names and layouts (numpy)."""
   collections = [c for c in ("params", "batch_stats") if c in variables]
   num_stages = sum(1 for s in range(1, len(stage_sizes) + 1)
-                   if any(_get(variables, (c, f"layer{s}_0")) is not None for c in collections))
-  fc_bias = _get(variables, ("params", "fc", "bias"))
+                   if any(get_path(variables, (c, f"layer{s}_0"), None) is not None for c in collections))
+  fc_bias = get_path(variables, ("params", "fc", "bias"), None)
   num_classes = 1000 if fc_bias is None else int(np.shape(fc_bias)[0])
   tensors = resnet_tensors(stage_sizes, prefix, num_stages, fc_bias is not None, num_classes)
   return tensors_to_torch(variables, tensors)

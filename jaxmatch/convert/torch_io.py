@@ -14,7 +14,7 @@ import numpy as np
 _CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 
 
-def _to_numpy_tree(sd: Mapping) -> dict[str, np.ndarray]:
+def to_numpy_tree(sd: Mapping) -> dict[str, np.ndarray]:
   out = {}
   for key, value in sd.items():
     if hasattr(value, "detach"):  # torch.Tensor
@@ -66,6 +66,6 @@ def load_state_dict(path: str, allow_pickle: bool = False) -> dict[str, np.ndarr
         raise
       raise ValueError(f"{path} could not be read with weights_only=True ({e}). If you trust the "
                        "file, pass --allow_pickle to run its pickled code.") from e
-    return strip_prefix(_to_numpy_tree(unwrap_state_dict(obj)))
+    return strip_prefix(to_numpy_tree(unwrap_state_dict(obj)))
   raise ValueError(f"unsupported checkpoint format {ext!r} ({path}); expected .pth/.pt/.bin, "
                    ".safetensors or .npz")

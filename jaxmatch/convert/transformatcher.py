@@ -19,7 +19,7 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-from jaxmatch.convert.keys import KeyAccountant, torch_linear_to_flax
+from jaxmatch.convert.keys import KeyAccountant, get_path, set_path, torch_linear_to_flax  # noqa: F401 (get_path re-exported for tests)
 from jaxmatch.models.transformatcher.rotary import ROTARY_FREQS
 
 POSENC_REASON = ("never used in the official forward (leftover learnable absolute position "
@@ -72,18 +72,6 @@ def match2match_tensors(prefix: str = "match2match.", depth: int = 6, in_channel
   return t
 
 
-def _set(tree: dict, path: tuple, value) -> None:
-  for p in path[:-1]:
-    tree = tree.setdefault(p, {})
-  tree[path[-1]] = value
-
-
-def get_path(tree: Mapping, path: tuple):
-  for p in path:
-    tree = tree[p]
-  return tree
-
-
 def match2match_from_torch(acc: KeyAccountant, prefix: str = "match2match.", depth: int = 6,
                            in_channels: int = 26, width: int = 16, heads: int = 8,
                            head_dim: int = 4, mlp_ratio: int = 4) -> dict[str, Any]:
@@ -99,7 +87,7 @@ def match2match_from_torch(acc: KeyAccountant, prefix: str = "match2match.", dep
     if value is None:
       continue
     value = np.asarray(value, np.float32)
-    _set(params, t.path, torch_linear_to_flax(value) if t.kind == "linear" else value)
+    set_path(params, t.path, torch_linear_to_flax(value) if t.kind == "linear" else value)
 
   acc.ignore(f"{prefix}posenc", POSENC_REASON)
   bad = []

@@ -30,18 +30,24 @@ def _embedded_spair(data_cfg: ConfigDict, workdir: str) -> str:
   return folder
 
 
-def resolve_manual_dir(data_cfg: ConfigDict, workdir: str) -> tuple[str, bool]:
-  """Returns (dataset folder, is_embedded)."""
+def configured_folder(data_cfg: ConfigDict) -> str | None:
+  """The real dataset folder to read (configured, or present at the default location); None: embedded."""
   if data_cfg.dataset not in DATASET_FOLDERS:
     raise ValueError(f"unknown config.data.dataset {data_cfg.dataset!r}; available: {sorted(DATASET_FOLDERS)}")
-  from input_pipeline.spair import validate_spair_layout
   if data_cfg.manual_dir:
-    validate_spair_layout(data_cfg.manual_dir)  # raises DatasetLayoutError naming the expected layout
-    return data_cfg.manual_dir, False
+    return data_cfg.manual_dir
   default = os.path.join(default_manual_root(), DATASET_FOLDERS[data_cfg.dataset])
-  if os.path.isdir(default):
-    validate_spair_layout(default)
-    return default, False
+  return default if os.path.isdir(default) else None
+
+
+def resolve_manual_dir(data_cfg: ConfigDict, workdir: str) -> tuple[str, bool]:
+  """Returns (dataset folder, is_embedded); a real folder must have the real layout."""
+  from input_pipeline.spair import validate_spair_layout
+  folder = configured_folder(data_cfg)
+  if folder is not None:
+    validate_spair_layout(folder)  # raises DatasetLayoutError naming the expected layout
+    return folder, False
+  default = os.path.join(default_manual_root(), DATASET_FOLDERS[data_cfg.dataset])
   msg = (f"No {DATASET_FOLDERS[data_cfg.dataset]} found at {default} and none configured "
          "(--config.data.manual_dir); running on the embedded synthetic dataset.")
   logging.warning(msg)
@@ -58,12 +64,11 @@ def prepare_sources(data_cfg: ConfigDict, workdir: str) -> tuple[dict, bool]:
   from jax.experimental import multihost_utils
 
   from input_pipeline.spair import prepare_spair, spair_sources
-  embedded = not data_cfg.manual_dir and not os.path.isdir(
-      os.path.join(default_manual_root(), DATASET_FOLDERS[data_cfg.dataset]))
+  embedded = configured_folder(data_cfg) is None
   data_dir = data_cfg.data_dir or (os.path.join(workdir, "tfds") if embedded else
                                    os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
   if jax.process_index() == 0:
-    manual_dir, embedded = resolve_manual_dir(data_cfg, workdir)
+    manual_dir, _ = resolve_manual_dir(data_cfg, workdir)
     prepare_spair(manual_dir, data_dir)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("jaxmatch: dataset prepared")

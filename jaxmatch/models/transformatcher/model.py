@@ -141,8 +141,8 @@ class TransforMatcherModel:
     b = raw.shape[0]
     scores = geometry.upsample4d_align_corners(raw, self.grid).reshape(b, self.grid ** 2, self.grid ** 2)
     best = jnp.argmax(scores, axis=-1)
-    coords = jnp.linspace(-1.0, 1.0, self.grid)
-    flow = jnp.stack([coords[best % self.grid], coords[best // self.grid]], axis=-1)  # [B, S, 2]
+    gx, gy = geometry.grid_coords(self.grid)  # the same cell coordinates the soft-argmax flow uses
+    flow = jnp.stack([jnp.asarray(gx)[best], jnp.asarray(gy)[best]], axis=-1)  # [B, S, 2]
     src = geometry.normalize_kps(batch["src_kps"], self.img_size)
     weights = geometry.soft_sampler_weights(src, self.grid, self.cfg.tau_eval)  # [B, K, S]
     return geometry.unnormalize_kps(jnp.einsum("bks,bsc->bkc", weights, flow), self.img_size)
