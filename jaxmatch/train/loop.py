@@ -57,7 +57,8 @@ def init_state(task, tx_config: ConfigDict, mesh, seed: int, total_steps: int = 
   """Params are born replicated on the mesh: init runs under jit with a replicated out_sharding."""
   repl = parallel.replicated(mesh)
   params, model_state = jax.jit(task.init_variables, out_shardings=repl)(jax.random.key(seed))
-  tx = make_optimizer(tx_config, task.param_labels(params), total_steps)
+  tx = make_optimizer(tx_config, task.param_labels(params), total_steps,
+                      getattr(task, "steps_per_epoch", None))
   state = jax.jit(lambda p, m: create_state(p, m, tx), out_shardings=repl)(params, model_state)
   return state, tx
 

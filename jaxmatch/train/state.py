@@ -19,10 +19,37 @@ class TrainState:
   opt_state: Any
 
 
-def learning_rate_schedule(cfg: ConfigDict, base_lr: float, total_steps: int) -> optax.Schedule:
+def warmup_multistep_by_epoch(base_lr: float, steps_per_epoch: int, milestones, gamma: float,
+                              warmup_epochs: int, warmup_factor: float) -> optax.Schedule:
+  """The re-ID strong baseline's WarmupMultiStepLR, stepped once per epoch.
+
+  The official loop calls scheduler.step() at the start of every epoch, so the first epoch already runs at
+  epoch index e = 1: lr(e) = base * w(e) * gamma ** #(milestones <= e), with the linear warmup
+  w(e) = factor + (1 - factor) * e / warmup_epochs for e < warmup_epochs, else 1.
+  """
+  milestones = jnp.asarray(sorted(int(m) for m in milestones) or [2**30], jnp.int32)
+
+  def schedule(step):
+    epoch = step // max(1, steps_per_epoch) + 1
+    warm = jnp.where(epoch < warmup_epochs,
+                     warmup_factor + (1.0 - warmup_factor) * epoch / max(1, warmup_epochs), 1.0)
+    decays = jnp.sum(milestones <= epoch)
+    return base_lr * warm * jnp.power(gamma, decays)
+
+  return schedule
+
+
+def learning_rate_schedule(cfg: ConfigDict, base_lr: float, total_steps: int,
+                           steps_per_epoch: int | None = None) -> optax.Schedule:
   """config.train.schedule: 'constant' (the TransforMatcher code), 'cosine' or 'multistep', with optional
-  linear warmup (config.train.warmup_steps) from 0."""
+  linear warmup (config.train.warmup_steps) from 0; or 'warmup_multistep_epochs' (the re-ID baseline:
+  milestones and warmup_epochs counted in epochs of `steps_per_epoch` steps)."""
   kind = cfg.get("schedule", "constant")
+  if kind == "warmup_multistep_epochs":
+    if not steps_per_epoch:
+      raise ValueError("schedule 'warmup_multistep_epochs' needs the task's steps per epoch")
+    return warmup_multistep_by_epoch(base_lr, steps_per_epoch, cfg.milestones, float(cfg.get("gamma", 0.1)),
+                                     int(cfg.get("warmup_epochs", 0)), float(cfg.get("warmup_factor", 0.01)))
   warmup = int(cfg.get("warmup_steps", 0))
   if kind == "constant":
     main = optax.constant_schedule(base_lr)
@@ -38,28 +65,56 @@ def learning_rate_schedule(cfg: ConfigDict, base_lr: float, total_steps: int) ->
   return optax.join_schedules([optax.linear_schedule(0.0, base_lr, warmup), main], [warmup])
 
 
-def _group_optimizer(cfg: ConfigDict, lr: float, total_steps: int) -> optax.GradientTransformation:
+GROUP_ONLY_FIELDS = ("grad_scale",)  # meaningful per group only
+
+
+def _group_config(cfg: ConfigDict, group: str) -> ConfigDict:
+  """config.train with config.train.group_overrides[group] applied (e.g. the center-loss centres' own SGD)."""
+  overrides = cfg.get("group_overrides") or {}
+  if group not in overrides:
+    return cfg
+  merged = ConfigDict(cfg.to_dict())
+  for key, value in dict(overrides[group]).items():
+    if key not in merged and key not in GROUP_ONLY_FIELDS:
+      raise ValueError(f"config.train.group_overrides.{group}.{key}: not a config.train field")
+    merged[key] = value
+  return merged
+
+
+def _group_optimizer(cfg: ConfigDict, lr: float, total_steps: int,
+                     steps_per_epoch: int | None = None) -> optax.GradientTransformation:
+  """weight_decay is decoupled for adamw and coupled L2 (added to the gradient, as torch's Adam/SGD do)
+  otherwise; grad_scale multiplies the group's gradient first (the centres' 1 / loss-weight rescaling)."""
   if lr == 0.0:
     return optax.set_to_zero()  # frozen group: no moments kept, no update
-  lr = learning_rate_schedule(cfg, lr, total_steps)
-  name = cfg.optimizer
+  lr = learning_rate_schedule(cfg, lr, total_steps, steps_per_epoch)
+  name, wd = cfg.optimizer, float(cfg.get("weight_decay", 0.0))
   if name == "adam":
-    return optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
-  if name == "adamw":
-    return optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
-  if name == "sgd":
-    return optax.sgd(lr, momentum=cfg.momentum or None, nesterov=False)
-  raise ValueError(f"unknown optimizer {name!r} (config.train.optimizer): expected adam, adamw or sgd")
+    core = optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+  elif name == "adamw":
+    core, wd = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=wd), 0.0
+  elif name == "sgd":
+    core = optax.sgd(lr, momentum=cfg.momentum or None, nesterov=False)
+  else:
+    raise ValueError(f"unknown optimizer {name!r} (config.train.optimizer): expected adam, adamw or sgd")
+  chain = []
+  if float(cfg.get("grad_scale", 1.0)) != 1.0:
+    chain.append(optax.scale(float(cfg.grad_scale)))
+  if wd:
+    chain.append(optax.add_decayed_weights(wd))
+  return optax.chain(*chain, core) if chain else core
 
 
-def make_optimizer(cfg: ConfigDict, labels: Any, total_steps: int = 1) -> optax.GradientTransformation:
+def make_optimizer(cfg: ConfigDict, labels: Any, total_steps: int = 1,
+                   steps_per_epoch: int | None = None) -> optax.GradientTransformation:
   """One optimizer per parameter group; `labels` maps every param leaf to a key of cfg.learning_rates."""
   lrs = dict(cfg.learning_rates)
   used = set(jax.tree.leaves(labels))
   missing = used - set(lrs)
   if missing:
     raise ValueError(f"config.train.learning_rates lacks groups {sorted(missing)}; it has {sorted(lrs)}")
-  transforms = {g: _group_optimizer(cfg, float(lrs[g]), total_steps) for g in used}
+  transforms = {g: _group_optimizer(_group_config(cfg, g), float(lrs[g]), total_steps, steps_per_epoch)
+                for g in used}
   tx = optax.multi_transform(transforms, labels)
   if cfg.get("grad_clip_norm"):
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
