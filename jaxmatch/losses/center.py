@@ -6,9 +6,8 @@ size. So the value is mean_i |x_i - c_{y_i}|^2 plus a negligible (C - 1) * 1e-12
 carry no gradient, exactly as officially.
 
 The official recipe trains the centres with their own SGD (lr 0.5) after multiplying their gradient by
-1 / center_loss_weight, i.e. on the UNWEIGHTED center-loss gradient. `center_loss_terms` returns the
-two halves separately so a model can give the features the weighted gradient and the centres the
-unweighted one (see jaxmatch.models.reid.baseline).
+1 / center_loss_weight, i.e. on the UNWEIGHTED center-loss gradient: with the shared optimizer that is
+the 'centers' parameter group's config.train.group_overrides (optimizer 'sgd', grad_scale 1 / weight).
 """
 from __future__ import annotations
 
@@ -37,13 +36,3 @@ def center_loss(features, labels, centers) -> jnp.ndarray:
   mask = jax.nn.one_hot(labels, c.shape[0], dtype=jnp.float32)
   return jnp.sum(jnp.clip(distmat * mask, CLAMP_MIN, CLAMP_MAX)) / x.shape[0]
 
-
-def center_loss_terms(features, labels, centers, weight: float):
-  """(value, objective): value is the center loss; objective has the same value times `weight` but
-  differentiates as weight * loss w.r.t. the features and as the UNWEIGHTED loss w.r.t. the centres
-  (the official 1 / weight gradient rescaling before the centres' own SGD step)."""
-  to_features = center_loss(features, labels, jax.lax.stop_gradient(centers))
-  to_centers = center_loss(jax.lax.stop_gradient(features), labels, centers)
-  # to_centers - stop_gradient(to_centers) is 0 in value and carries the centres' gradient.
-  objective = weight * to_features + (to_centers - jax.lax.stop_gradient(to_centers))
-  return to_features, objective
