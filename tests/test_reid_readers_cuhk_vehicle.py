@@ -246,6 +246,7 @@ def test_np_distributed_folders(tmp_path):
   root = tmp_path / 'cuhk03-np'
   _write_np_folders(root, 'labeled')
   (root / 'labeled' / 'query' / 'Thumbs.db').write_bytes(b'x')       # ignored: not an image
+  (root / 'labeled' / 'query' / '._0005_c1_1.png').write_bytes(b'x')  # ignored: macOS residue
   splits = cuhk03.read_cuhk03_np(tmp_path, 'labeled')                # parent folder accepted
   assert [(r.name, r.pid, r.camid) for r in splits['train']] == [
       ('labeled/bounding_box_train/0001_c1_1.png', 1, 1),
@@ -301,6 +302,8 @@ def _write_keypoints(folder, skip=()):
 def test_veri_with_viewpoints(tmp_path):
   _write_veri(tmp_path / 'VeRi')
   _write_keypoints(tmp_path / 'VeRi')
+  with open(tmp_path / 'VeRi' / 'keypoint_test.txt', 'a') as f:   # the train file wins, as in TransReID
+    f.write('VeRi/image_train/0001_c001_00016450_0.jpg ' + ' '.join(['1'] * 40) + ' 4\n')
   with warnings.catch_warnings():
     warnings.simplefilter('error')
     splits = veri.read_veri776(tmp_path)

@@ -107,8 +107,9 @@ def parse_market_name(name: str) -> tuple[int, int]:
 
 def _np_folder_records(root: pathlib.Path, relative: str, problems: list[str]) -> list[ReidRecord]:
   folder = root / relative
-  files = sorted(p for p in folder.iterdir()
-                 if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+  # Dot files (e.g. macOS '._*' archive residue) are not images of the dataset.
+  files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith('.')
+                 and p.suffix.lower() in _IMAGE_SUFFIXES)
   if not files:
     problems.append(f'{relative}/ has no .png/.jpg images')
   records, bad = [], []

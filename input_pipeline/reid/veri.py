@@ -86,7 +86,9 @@ def _view_maps(root: pathlib.Path, keypoint_dir) -> list[dict[str, int]] | None:
 
 
 def _folder_records(root: pathlib.Path, folder: str, problems: list[str]) -> list[ReidRecord]:
-  files = sorted(p for p in (root / folder).iterdir() if p.suffix.lower() == '.jpg')
+  # Dot files (e.g. macOS '._*' archive residue) are not images of the dataset.
+  files = sorted(p for p in (root / folder).iterdir()
+                 if p.suffix.lower() == '.jpg' and not p.name.startswith('.'))
   if not files:
     problems.append(f'{folder}/ has no .jpg images')
   records, bad = [], []
