@@ -65,7 +65,7 @@ def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
   return np.clip(img, 0, 255).astype(np.float32)
 
 
-def _source_image(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def source_image(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Returns (image float32 [H, W, 3], object mask bool [H, W], object ellipse (cx, cy, rx, ry))."""
   w, h = (int(v) for v in rng.integers(_SIZE_RANGE[0], _SIZE_RANGE[1] + 1, size=2))
   background, foreground = _texture(rng, h, w), _texture(rng, h, w)
@@ -76,7 +76,7 @@ def _source_image(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.
   return np.where(inside[..., None], foreground, background), inside, ellipse
 
 
-def _object_points(rng: np.random.Generator, ellipse: np.ndarray, n: int) -> np.ndarray:
+def object_points(rng: np.random.Generator, ellipse: np.ndarray, n: int) -> np.ndarray:
   """n integer keypoints inside the object ellipse (shrunk a little to stay off its rim)."""
   r = 0.9 * np.sqrt(rng.uniform(0, 1, n))
   t = rng.uniform(0, 2 * math.pi, n)
@@ -130,7 +130,7 @@ def target_coords(warp: dict, src_pts: np.ndarray, iters: int = 200) -> np.ndarr
   return np.einsum('nj,ij->ni', u, a[:, :2]) + a[:, 2]
 
 
-def _random_warp(rng: np.random.Generator, src_wh, trg_wh) -> dict:
+def random_warp(rng: np.random.Generator, src_wh, trg_wh) -> dict:
   """Affine (about the image centres) composed with a small TPS on a 3x3 control grid."""
   (sw, sh), (tw, th) = src_wh, trg_wh
   angle, scale = math.radians(rng.uniform(-25, 25)), rng.uniform(0.8, 1.25)
@@ -168,7 +168,7 @@ def _nearest_mask(mask: np.ndarray, xy: np.ndarray) -> np.ndarray:
   return inside & mask[np.clip(iy, 0, h - 1), np.clip(ix, 0, w - 1)]
 
 
-def _render_target(rng, warp, src_img, src_mask, trg_wh):
+def render_target(rng, warp, src_img, src_mask, trg_wh):
   tw, th = trg_wh
   xs, ys = _grid(th, tw)
   s = source_coords(warp, np.stack([xs.ravel(), ys.ravel()], 1))
@@ -209,8 +209,8 @@ def _make_pair(rng, src_img, src_mask, ellipse, src_wh):
   """Draws a warp whose target keeps >= 3 keypoints; returns everything the pair needs."""
   for _ in range(20):
     trg_wh = tuple(int(v) for v in rng.integers(_SIZE_RANGE[0], _SIZE_RANGE[1] + 1, size=2))
-    warp = _random_warp(rng, src_wh, trg_wh)
-    src_kps = _object_points(rng, ellipse, int(rng.integers(5, 21)))
+    warp = random_warp(rng, src_wh, trg_wh)
+    src_kps = object_points(rng, ellipse, int(rng.integers(5, 21)))
     trg_kps = target_coords(warp, src_kps)
     keep = (trg_kps[:, 0] >= 0) & (trg_kps[:, 0] <= trg_wh[0] - 1) & \
         (trg_kps[:, 1] >= 0) & (trg_kps[:, 1] <= trg_wh[1] - 1)
@@ -218,7 +218,7 @@ def _make_pair(rng, src_img, src_mask, ellipse, src_wh):
       break
   else:
     raise RuntimeError('could not draw a warp that keeps 3 keypoints inside the target')
-  img, mask, photo = _render_target(rng, warp, src_img, src_mask, trg_wh)
+  img, mask, photo = render_target(rng, warp, src_img, src_mask, trg_wh)
   return warp, trg_wh, src_kps[keep], trg_kps[keep], int((~keep).sum()), img, mask, photo
 
 
@@ -250,7 +250,7 @@ def _write_split(root, split, num_pairs, categories, seed, first_pair_id) -> lis
   for i, uses in enumerate(_uses_per_source(rng, num_pairs)):
     category = categories[int(rng.integers(len(categories)))]
     src_stem = f'{split}_{i:05d}'
-    src_img, src_mask, ellipse = _source_image(rng)
+    src_img, src_mask, ellipse = source_image(rng)
     src_wh = (src_img.shape[1], src_img.shape[0])
     _save(root, category, src_stem, src_img, src_mask)
     for k in range(uses):
