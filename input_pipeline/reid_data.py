@@ -31,8 +31,8 @@ import numpy as np
 
 from input_pipeline.images import decode_image
 from input_pipeline.pairs import make_iterator  # noqa: F401  (same checkpointable iterator)
-from input_pipeline.reid_sampling import (BatchPlan, EpochBatches, FixedPlanner, PairPlanner,
-                                          PKPlanner, augment_rng)
+from input_pipeline.reid_sampling import (BatchPlan, EpochBatches, FixedPlanner,
+                                          MultiGalleryPlanner, PairPlanner, PKPlanner, augment_rng)
 from input_pipeline.reid_transforms import ReidAugment, hflip
 
 ID_KEYS = ('pid', 'camid', 'viewid')
@@ -139,17 +139,25 @@ def _augment(img_size, augment) -> ReidAugment:
 def reid_train_dataset(splits, *, img_size: Sequence[int] = (256, 128), num_ids_per_batch: int,
                        num_instances: int, augment=None, seed: int = 0, shard_index: int = 0,
                        shard_count: int = 1, plan: BatchPlan | None = None,
-                       num_epochs: int | None = None, separate_ids: bool = False) -> grain.MapDataset:
-  """PK training batches (identity-chunk epochs, endless unless num_epochs), or exactly the batches
-  of `plan` (one epoch) when a plan is given. Each element holds this process's
-  num_ids_per_batch * num_instances / shard_count rows."""
+                       num_epochs: int | None = None, separate_ids: bool = False,
+                       sampler: str = 'identity_chunk') -> grain.MapDataset:
+  """Training batches of P = num_ids_per_batch groups x K = num_instances images, endless unless
+  num_epochs: sampler 'identity_chunk' (PK) or 'multi_gallery' (KPM's probe + K - 1 gallery
+  groups), see reid_sampling; or exactly the batches of `plan` (one epoch) when a plan is given.
+  Each element holds this process's P * K / shard_count rows."""
   if num_ids_per_batch < 1 or num_instances < 1:
     raise ValueError(f'need P >= 1 and K >= 1, got P={num_ids_per_batch}, K={num_instances}')
   records = TrainRecords.from_splits(splits, separate_ids)
   global_batch = num_ids_per_batch * num_instances
   if plan is None:
     # Identities are the contiguous labels, so merged datasets with clashing pids stay apart.
-    planner = PKPlanner(records.labels, num_ids_per_batch, num_instances, seed)
+    if sampler == 'identity_chunk':
+      planner = PKPlanner(records.labels, num_ids_per_batch, num_instances, seed)
+    elif sampler == 'multi_gallery':
+      planner = MultiGalleryPlanner(records.labels, records.camids, num_ids_per_batch,
+                                    num_instances, seed)
+    else:
+      raise ValueError(f"sampler must be 'identity_chunk' or 'multi_gallery', got {sampler!r}")
     first, epochs = 0, num_epochs
   else:
     plan.check(len(records), global_batch)

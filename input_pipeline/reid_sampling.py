@@ -18,6 +18,13 @@ Identity-chunk epoch (the PK rule of BoT / TransReID / NFormer's `RandomIdentity
   The number of batches therefore varies a little from epoch to epoch (as in the official code,
   whose `__len__` is only an estimate, see `nominal_pk_batches`).
 
+Multi-gallery groups (KPM's released `RandomMultipleGallerySampler`): per epoch every image, in a
+random permutation, heads a group of K: the probe, then K - 1 other images of its identity from
+other cameras (all of its other images when no other camera has one), drawn without replacement
+when the pool holds at least K images and with replacement otherwise; P consecutive groups form a
+batch, the remainder is dropped. Probes of identities with a single image are skipped (the official
+sampler crashes on them).
+
 Probe pairs (KPM, the paper's pos:neg ratio per mini-batch, e.g. 1:3 on Market-1501): per epoch one
 permutation of the identities' images with at least one other image (positive probes) and one of
 all images (negative probes); batch b takes the next n_pos positive and n_neg negative probes,
@@ -111,6 +118,50 @@ class PKPlanner:
                                            epoch)}
 
 
+# ----------------------------------------------------------------------------- multi-gallery
+
+def _other_images(probe: int, group: np.ndarray, camids: np.ndarray) -> np.ndarray:
+  """The probe's identity's other images from other cameras, or all its other images if none."""
+  others = group[group != probe]
+  other_cams = others[camids[others] != camids[probe]]
+  return other_cams if len(other_cams) else others
+
+
+def multi_gallery_epoch(pids: np.ndarray, camids: np.ndarray, num_groups: int, num_instances: int,
+                        seed: int, epoch: int) -> np.ndarray:
+  """One epoch of probe + (K - 1) gallery groups as [num_batches, P * K] record indices."""
+  pids, camids = np.asarray(pids), np.asarray(camids)
+  groups = group_by_identity(pids)
+  group_of = np.empty(len(pids), np.int64)
+  for g, idx in enumerate(groups):
+    group_of[idx] = g
+  rng = plan_rng(seed, epoch)
+  probes = rng.permutation(len(pids))
+  probes = probes[np.array([len(groups[g]) > 1 for g in group_of[probes]], bool)]
+  num_batches = len(probes) // num_groups
+  if num_batches == 0:
+    raise ValueError(f'{len(probes)} images with a same-identity partner cannot fill one batch of '
+                     f'{num_groups} groups')
+  rows = []
+  for probe in probes[:num_batches * num_groups]:
+    pool = _other_images(int(probe), groups[group_of[probe]], camids)
+    rows.append(np.r_[probe, rng.choice(pool, num_instances - 1, replace=len(pool) < num_instances)])
+  return np.asarray(rows, np.int64).reshape(num_batches, num_groups * num_instances)
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiGalleryPlanner:
+  pids: np.ndarray
+  camids: np.ndarray
+  num_groups: int
+  num_instances: int
+  seed: int
+
+  def __call__(self, epoch: int) -> dict[str, np.ndarray]:
+    return {'record': multi_gallery_epoch(self.pids, self.camids, self.num_groups,
+                                          self.num_instances, self.seed, epoch)}
+
+
 # ----------------------------------------------------------------------------- pairs
 
 def pair_split(batch_size: int, ratio) -> tuple[int, int]:
@@ -124,9 +175,7 @@ def pair_split(batch_size: int, ratio) -> tuple[int, int]:
 
 
 def _positive_partner(rng, probe: int, group: np.ndarray, camids: np.ndarray) -> int:
-  others = group[group != probe]
-  other_cams = others[camids[others] != camids[probe]]
-  pool = other_cams if len(other_cams) else others
+  pool = _other_images(probe, group, camids)
   return int(pool[rng.integers(len(pool))])
 
 

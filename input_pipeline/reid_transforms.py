@@ -220,7 +220,7 @@ class RandomErasing:
       else:
         ratio = rng.uniform(*self.aspect)
       eh, ew = int(round(math.sqrt(target * ratio))), int(round(math.sqrt(target / ratio)))
-      if 0 < eh < h and 0 < ew < w:
+      if eh < h and ew < w:            # as the official code (a 0-sized box erases nothing)
         top = int(rng.integers(0, h - eh, endpoint=True))
         left = int(rng.integers(0, w - ew, endpoint=True))
         return top, left, eh, ew

@@ -17,7 +17,7 @@ from input_pipeline.reid_data import (PlanIterator, TrainRecords, label_map, mak
                                       plan_iterator, reid_eval_dataset, reid_pair_dataset,
                                       reid_train_dataset)
 from input_pipeline.reid_sampling import (BatchPlan, EpochBatches, PKPlanner, identity_chunk_epoch,
-                                          nominal_pk_batches, probe_pair_epoch)
+                                          multi_gallery_epoch, nominal_pk_batches, probe_pair_epoch)
 
 SIZE = (32, 16)
 AUG = {'pad': 2}          # BoT recipe at a small frame: flip, pad + crop, erasing, ImageNet stats
@@ -160,6 +160,29 @@ def test_merged_datasets_keep_identities_apart(train_split):
   assert separate.labels[len(train_split.pids)] != separate.labels[0]
   np.testing.assert_array_equal(separate.image(len(train_split.pids) + 1),
                                 np.asarray(Image.open(io.BytesIO(other.source[1]['image']))))
+
+
+def test_multi_gallery_groups_follow_the_kpm_rule(train_split):
+  pids, cams = train_split.pids, train_split.camids
+  lonely = make_split({1: 1, 2: 3, 5: 2}, seed=2)         # pid 1 has a single image: never a probe
+  all_pids = np.r_[pids, lonely.pids]
+  all_cams = np.r_[cams, lonely.camids]
+  batches = multi_gallery_epoch(all_pids, all_cams, 2, 4, seed=0, epoch=0)
+  groups = batches.reshape(-1, 4)
+  assert len(batches) == (len(all_pids) - 1) // 2
+  assert len(set(groups[:, 0].tolist())) == len(groups) and len(pids) not in groups
+  for probe, *gallery in groups.tolist():
+    same = np.flatnonzero(all_pids == all_pids[probe])
+    others = same[same != probe]
+    other_cams = others[all_cams[others] != all_cams[probe]]
+    pool = set((other_cams if len(other_cams) else others).tolist())
+    assert set(gallery) <= pool
+    if len(pool) >= 4:
+      assert len(set(gallery)) == 3                        # without replacement
+  ds = _train(train_split, sampler='multi_gallery', num_ids_per_batch=3)
+  np.testing.assert_array_equal(ds[0]['index'], multi_gallery_epoch(pids, cams, 3, 4, 0, 0)[0])
+  with pytest.raises(ValueError, match="sampler must be"):
+    _train(train_split, sampler='graph')
 
 
 # ----------------------------------------------------------------------------- pairs
