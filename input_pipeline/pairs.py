@@ -1,4 +1,12 @@
-"""grain pipeline of image pairs for semantic correspondence (SPair-71k layout of `spair_sources`).
+"""grain pipeline of image pairs for semantic correspondence (the sources of `spair_sources`,
+`pfpascal_sources` or `pfwillow_sources`: an 'images' split plus pair splits, see
+input_pipeline/pair_builder.py).
+
+Per pair, as the official loaders: both images resized (or, when augmenting, photometrically changed and
+cropped around the keypoints) to S x S; keypoints and boxes rescaled into that frame; records with
+flip = 1 (PF-PASCAL trn) mirrored afterwards, x -> S - x as the official code does (not S - 1 - x);
+the PCK threshold of the dataset's official kind ('spair' bbox, 'pfpascal' image side, 'pfwillow'
+padded-keypoint extent; see jaxmatch.evaluation.pck).
 
 Sampling: for training, every epoch is a fresh permutation of the split (seeded by (seed, epoch)),
 cut into global batches with the remainder dropped, repeated `num_epochs` times or forever. For
@@ -79,9 +87,13 @@ class PairPlan(grain.transforms.MapWithIndex):
 class LoadPair(grain.transforms.Map):
   """Plan -> one example: decodes both images, augments or resizes, rescales keypoints and boxes."""
 
-  def __init__(self, pairs, images, *, img_size: int, max_kps: int, augment: bool, seed: int):
+  def __init__(self, pairs, images, *, img_size: int, max_kps: int, augment: bool, seed: int,
+               threshold: str = 'spair'):
     self._pairs, self._images = pairs, images
     self._size, self._max_kps, self._augment, self._seed = img_size, max_kps, augment, seed
+    self._threshold = threshold
+    # SPair's difficulty flags exist only where the dataset has them (not in PF-PASCAL/WILLOW).
+    self._flags = tuple(k for k in FLAG_KEYS if len(pairs) and k in pairs[0])
 
   def map(self, plan: Mapping[str, int]) -> dict:
     if plan['record'] < 0:
@@ -98,6 +110,8 @@ class LoadPair(grain.transforms.Map):
       trg = random_keypoint_crop(rng, trg_img, rec['trg_kps'], rec['trg_bbox'], self._size)
     else:
       src, trg = self._resized(rec, 'src'), self._resized(rec, 'trg')
+    if 'flip' in rec and int(rec['flip']):
+      src, trg = mirror(src, self._size), mirror(trg, self._size)
     return self._assemble(rec, plan['record'], src, trg)
 
   def _image(self, rec, side: str) -> np.ndarray:
@@ -123,14 +137,15 @@ class LoadPair(grain.transforms.Map):
   def _assemble(self, rec, index: int, src, trg) -> dict:
     n = len(rec['src_kps'])
     mask = np.arange(self._max_kps) < n
-    thr = pck_threshold('spair', trg[1][None], np.ones((1, n), bool), trg[2][None])[0]
+    thr = pck_threshold(self._threshold, trg[1][None], np.ones((1, n), bool), trg[2][None],
+                        img_size=self._size)[0]
     example = {'src_img': normalize_image(src[0]), 'trg_img': normalize_image(trg[0]),
                'src_kps': self._pad_points(src[1]), 'trg_kps': self._pad_points(trg[1]),
                'kp_mask': mask, 'n_pts': np.int32(n), 'pck_thr': np.float32(thr),
                'src_bbox': src[2].astype(np.float32), 'trg_bbox': trg[2].astype(np.float32),
                'category': np.int32(rec['category']), 'pair_index': np.int32(index),
                'valid': np.bool_(True)}
-    example.update({k: np.int32(rec[k]) for k in FLAG_KEYS})
+    example.update({k: np.int32(rec[k]) for k in self._flags})
     return example
 
   def _padding(self) -> dict:
@@ -140,8 +155,18 @@ class LoadPair(grain.transforms.Map):
                'kp_mask': np.zeros((k,), bool), 'n_pts': np.int32(0), 'pck_thr': np.float32(1),
                'src_bbox': np.zeros((4,), np.float32), 'trg_bbox': np.zeros((4,), np.float32),
                'category': np.int32(0), 'pair_index': np.int32(-1), 'valid': np.bool_(False)}
-    example.update({key: np.int32(0) for key in FLAG_KEYS})
+    example.update({key: np.int32(0) for key in self._flags})
     return example
+
+
+def mirror(view, img_size: int):
+  """Horizontal flip of (image [S, S, 3], keypoints [n, 2], box [4]) as PF-PASCAL's official flip:
+  x -> S - x for keypoints, box (x1, x2) -> (S - x2, S - x1)."""
+  img, kps, box = view
+  size = np.float32(img_size)
+  kps = np.stack([size - kps[:, 0], kps[:, 1]], axis=1).astype(np.float32)
+  box = np.array([size - box[2], box[1], size - box[0], box[3]], np.float32)
+  return np.ascontiguousarray(img[:, ::-1]), kps, box
 
 
 def _text(value) -> str:
@@ -150,13 +175,15 @@ def _text(value) -> str:
 
 def pair_dataset(sources, split: str, *, img_size: int = 240, batch_size: int, train: bool,
                  augment: bool, seed: int = 0, max_kps: int = 40, shard_index: int = 0,
-                 shard_count: int = 1, num_epochs: int | None = None) -> grain.MapDataset:
+                 shard_count: int = 1, num_epochs: int | None = None,
+                 threshold: str = 'spair') -> grain.MapDataset:
   """Batched pairs of `sources[split]` (images looked up in `sources['images']`).
 
   Each element is a dict of numpy arrays with batch_size rows (this process's share, see module doc):
   src_img/trg_img [b, S, S, 3] float32 normalised; src_kps/trg_kps [b, K, 2] float32 (x, y) in the
-  S frame, zero where kp_mask [b, K] is False; n_pts, category, vpvar, scvar, trncn, occln,
-  pair_index [b] int32; pck_thr [b] float32 (max side of the target box in the S frame);
+  S frame, zero where kp_mask [b, K] is False; n_pts, category, pair_index [b] int32 (plus vpvar,
+  scvar, trncn, occln where the records have them, i.e. SPair); pck_thr [b] float32 (the official
+  threshold of kind `threshold`: 'spair', 'pfpascal', 'pfwillow' or 'pfwillow_bbox_kp');
   src_bbox/trg_bbox [b, 4] float32; valid [b] bool. Evaluation ignores num_epochs (one pass).
   """
   if batch_size < 1 or not 0 <= shard_index < shard_count:
@@ -172,7 +199,7 @@ def pair_dataset(sources, split: str, *, img_size: int = 240, batch_size: int, t
   ds = ds.repeat(num_epochs) if train else ds
   ds = ds.map_with_index(plan).map(
       LoadPair(pairs, sources['images'], img_size=img_size, max_kps=max_kps, augment=augment,
-               seed=seed))
+               seed=seed, threshold=threshold))
   return ds.batch(batch_size, drop_remainder=True)
 
 

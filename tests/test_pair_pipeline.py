@@ -246,3 +246,74 @@ def test_corrupt_image_in_a_record_names_it():
   from input_pipeline.errors import CorruptImageError
   with pytest.raises(CorruptImageError, match='cat/x.jpg'):
     decode_image(b'\xff\xd8\xff\xe0 not really a jpeg', 'cat/x.jpg')
+
+
+# ----------------------------------------------------------------------------- PF-PASCAL / PF-WILLOW
+
+@pytest.fixture(scope='module')
+def pf_data(tmp_path_factory):
+  from input_pipeline.pfpascal import pfpascal_sources, prepare_pfpascal
+  from input_pipeline.pfwillow import pfwillow_sources, prepare_pfwillow
+  from input_pipeline.synthetic_pf import write_synthetic_pfpascal, write_synthetic_pfwillow
+  tfds.disable_progress_bar()
+  base = tmp_path_factory.mktemp('pf_pairs')
+  pascal = write_synthetic_pfpascal(base / 'manual', {'trn': 8, 'val': 2, 'test': 3}, seed=4)
+  willow = write_synthetic_pfwillow(base / 'manual', 5, seed=4)
+  return (pfpascal_sources(prepare_pfpascal(pascal, base / 'tfds')),
+          pfwillow_sources(prepare_pfwillow(willow, base / 'tfds')))
+
+
+def test_pfpascal_flip_rows_are_mirrored_as_the_official_loader(pf_data):
+  """flip = 1 (trn csv): image mirrored, x -> S - x (not S - 1 - x), box (x1, x2) -> (S - x2, S - x1)."""
+  sources, _ = pf_data
+  trn = sources['trn']
+  plain = pair_dataset({**sources, 'trn': _NoFlip(trn)}, 'trn', img_size=S, batch_size=8, train=False,
+                       augment=False, threshold='pfpascal')[0]
+  flipped = pair_dataset(sources, 'trn', img_size=S, batch_size=8, train=False, augment=False,
+                         threshold='pfpascal')[0]
+  flips = np.array([trn[i]['flip'] for i in range(8)], bool)
+  assert flips.any() and not flips.all()
+  for i in range(8):
+    n = flipped['n_pts'][i]
+    for side in ('src', 'trg'):
+      kps, ref = flipped[f'{side}_kps'][i, :n], plain[f'{side}_kps'][i, :n]
+      box, ref_box = flipped[f'{side}_bbox'][i], plain[f'{side}_bbox'][i]
+      if flips[i]:
+        np.testing.assert_array_equal(kps, np.stack([np.float32(S) - ref[:, 0], ref[:, 1]], 1))
+        np.testing.assert_array_equal(box, [S - ref_box[2], ref_box[1], S - ref_box[0], ref_box[3]])
+        np.testing.assert_array_equal(flipped[f'{side}_img'][i], plain[f'{side}_img'][i][:, ::-1])
+      else:
+        np.testing.assert_array_equal(kps, ref)
+        np.testing.assert_array_equal(flipped[f'{side}_img'][i], plain[f'{side}_img'][i])
+  np.testing.assert_array_equal(flipped['pck_thr'], np.full(8, S, np.float32))   # alpha_img: image side
+  assert 'vpvar' not in flipped                      # no SPair difficulty flags in PF-PASCAL
+
+
+class _NoFlip:
+  """A pair source whose records all have flip = 0 (the reference for the mirrored rows)."""
+
+  def __init__(self, source):
+    self._source = source
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, i):
+    return {**self._source[i], 'flip': 0}
+
+
+def test_pfwillow_threshold_kinds_in_the_pipeline(pf_data):
+  from jaxmatch.evaluation.pck import pck_threshold
+  _, sources = pf_data
+  batch = pair_dataset(sources, 'test', img_size=240, batch_size=4, train=False, augment=False,
+                       threshold='pfwillow')[0]
+  assert batch['n_pts'].tolist() == [10] * 4 and batch['valid'].all()
+  kps = batch['trg_kps'][:, :10]
+  # The official value: the -2 padded row's extent, max(x_max, y_max) + 2 when all coordinates > -2.
+  np.testing.assert_array_equal(batch['pck_thr'], kps.max(axis=(1, 2)) + np.float32(2))
+  box = pck_threshold('pfwillow_bbox_kp', batch['trg_kps'], batch['kp_mask'])
+  np.testing.assert_array_equal(box, (kps.max(1) - kps.min(1)).max(1))
+  assert (box < batch['pck_thr']).all()
+  aug = pair_dataset(sources, 'test', img_size=S, batch_size=4, train=True, augment=True,
+                     threshold='pfwillow')[0]                     # WILLOW boxes = keypoint boxes
+  assert (aug['src_kps'][aug['kp_mask']] <= S - 1).all() and (aug['pck_thr'] > 0).all()
