@@ -1,0 +1,370 @@
+"""k-reciprocal re-ranking (Zhong et al., CVPR 2017) in blocks, without any (Q+G)^2 matrix.
+
+The reference (TransReID utils/reranking.py; torchreid utils/rerank.py is the same algorithm) builds the
+whole (Q+G)^2 distance matrix, argsorts it and fills a dense (Q+G)^2 V. For MSMT17 (93,820 items) that is
+35 GB per matrix. Here, over all N = Q+G items:
+  1. neighbour lists: row blocks of the original distance d (see below), each row divided by its maximum
+     (the reference's column-max normalisation of a symmetric matrix), top-K indices with
+     K = max(k1+1, k2) -> nn [N, K]. Only nn[:, :k1+1], nn[:, :round(k1/2)+1] and nn[:, :k2] are used,
+     exactly the prefixes of the reference's argsort it reads.
+  2. sparse V: per row the k-reciprocal set R(i) (j in top-(k1+1) of i and i in top-(k1+1) of j), expanded
+     by the half-size reciprocal set of every candidate c in R(i) that shares more than 2/3 of its
+     elements with R(i); weights exp(-d(i, j)) / sum over the unique set (at most
+     (k1+1)(round(k1/2)+2) entries; trimmed to the largest set that occurs).
+  3. query expansion: V_qe(i) = mean of V over the k2 nearest neighbours of i (sparse union).
+  4. Jaccard distance, only for the Q x G block: per query block a dense copy of its V_qe rows; every
+     gallery row's sparse V_qe entries are gathered from it in ascending column order, summing
+     min(V_qe(q, j), V_qe(g, j)); final = (1 - lambda) * jaccard + lambda * d(q, g).
+Temporaries are O(block x N); everything else is O(N x k) neighbour lists. Step 4 feeds the ranking of
+the same block directly (reid.evaluate_features), so the Q x G result is never held either.
+
+Original distance d: the square of the metric's distance between features, as the reference squares its
+input. metric 'euclidean' gives squared euclidean computed directly (TransReID, which works on the
+features; torchreid fed with euclidean distances); 'sqeuclidean' gives its square (what the torchreid
+engine does: its 'euclidean' is already squared); 'cosine' the squared cosine distance.
+`rerank_distance_matrices` takes distance matrices like torchreid's re_ranking.
+
+float16_like_transreid: TransReID stores V, V_qe, the Jaccard distances and their running sums in
+float16 (torchreid in float32). With the option on, every such value is rounded to float16 exactly where
+TransReID rounds (sums of float16 values in float32, then rounded; elementwise float16 arithmetic done
+in float32 and rounded, as numpy does), using an explicit rounding function rather than float16 dtypes,
+which XLA may compute in excess precision.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from jaxmatch.evaluation import distances as dist_lib
+
+F16_MIN_NORMAL = 2.0 ** -14
+F16_MAX = 65504.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RerankConfig:
+  k1: int = 20
+  k2: int = 6
+  lambda_value: float = 0.3
+  float16_like_transreid: bool = False
+
+  def __post_init__(self):
+    if self.k1 < 1 or self.k2 < 1:
+      raise ValueError(f'k1 and k2 must be >= 1, got k1={self.k1}, k2={self.k2}')
+    if not 0.0 <= self.lambda_value <= 1.0:
+      raise ValueError(f'lambda_value must be in [0, 1], got {self.lambda_value}')
+
+  @classmethod
+  def from_dict(cls, options: dict | None) -> RerankConfig:
+    """{'k1', 'k2', 'lambda' (or 'lambda_value'), 'float16_like_transreid'}; missing keys take defaults."""
+    options = dict(options or {})
+    if 'lambda' in options:
+      options['lambda_value'] = options.pop('lambda')
+    unknown = set(options) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+      raise ValueError(f'unknown re-ranking options {sorted(unknown)}; expected k1, k2, lambda '
+                       '(or lambda_value) and float16_like_transreid')
+    return cls(**options)
+
+  @property
+  def half_k1(self) -> int:
+    return int(np.around(self.k1 / 2))   # numpy rounds half to even: k1=5 -> 2, as the reference
+
+
+def round_to_float16(x: jax.Array) -> jax.Array:
+  """float32 -> float32 holding the nearest float16 value (ties to even), by integer arithmetic."""
+  bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+  lsb = (bits >> 13) & 1
+  normal = jax.lax.bitcast_convert_type((bits + 0xFFF + lsb) & jnp.uint32(0xFFFFE000), jnp.float32)
+  # Below 2^-14 float16 is subnormal, a fixed grid of 2^-24; scaling by powers of two is exact.
+  subnormal = jnp.round(x * 2.0 ** 24) * 2.0 ** -24
+  out = jnp.where(jnp.abs(x) < F16_MIN_NORMAL, subnormal, normal)
+  return jnp.where(jnp.abs(out) > F16_MAX, jnp.sign(x) * jnp.inf, out)
+
+
+def _round_if(x: jax.Array, f16: bool) -> jax.Array:
+  return round_to_float16(x) if f16 else x
+
+
+# ---------------------------------------------------------------------------------------------------
+# Original distance sources over all N = Q + G items
+
+@functools.lru_cache(maxsize=None)
+def _squared_metric_fn(metric: str) -> Callable:
+  def fn(x_block, feats, sqnorm):
+    sq = dist_lib.sqeuclidean(x_block, feats, sqnorm)
+    if metric == 'euclidean':
+      return sq
+    d = sq if metric == 'sqeuclidean' else dist_lib.pairwise_distance(x_block, feats, 'cosine')
+    return d * d
+  return fn
+
+
+def feature_source(qf, gf, metric: str = 'euclidean') -> dist_lib.BlockedDistance:
+  """Original distances of every item (queries then gallery) to every item, from features."""
+  qf, gf = dist_lib.check_features(qf, gf)
+  feats = np.concatenate([qf, gf])
+  sqnorm = np.asarray(dist_lib.squared_norms(jnp.asarray(feats)))
+  fn = _squared_metric_fn(dist_lib.check_metric(metric))
+  return dist_lib.BlockedDistance((feats,), (feats, sqnorm), fn, feats.shape[0], feats.shape[0])
+
+
+def matrix_source(q_g, q_q, g_g) -> dist_lib.BlockedDistance:
+  """torchreid re_ranking's input: the blocks are assembled, squared (float32) and transposed, so row i
+  holds the reference's original_dist[i] before normalisation."""
+  q_g, q_q, g_g = (np.asarray(a, np.float32) for a in (q_g, q_q, g_g))
+  nq, ng = q_g.shape
+  if q_q.shape != (nq, nq) or g_g.shape != (ng, ng):
+    raise ValueError(f'expected q_g [Q, G], q_q [Q, Q], g_g [G, G]; got {q_g.shape}, {q_q.shape}, '
+                     f'{g_g.shape}')
+  full = np.block([[q_q, q_g], [q_g.T, g_g]])
+  full = np.ascontiguousarray(np.power(full, 2).astype(np.float32).T)
+  if not np.isfinite(full).all():
+    raise ValueError('distance matrices contain NaN or inf entries')
+  return dist_lib.matrix_distances(full)
+
+
+def _normalised(source_fn: Callable, args) -> jax.Array:
+  d = source_fn(*args)
+  return d / jnp.max(d, axis=1, keepdims=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1. neighbour lists
+
+@functools.lru_cache(maxsize=None)
+def _neighbour_kernel(source_fn: Callable, k: int):
+  def kernel(*args):
+    _, idx = jax.lax.top_k(-_normalised(source_fn, args), k)
+    return idx
+  return kernel
+
+
+def neighbour_lists(source: dist_lib.BlockedDistance, k: int, *, block_size: int,
+                    mesh: Mesh | None = None) -> np.ndarray:
+  """[N, k] int32: each item's k nearest items (itself usually first), nearest first."""
+  return dist_lib.gather_row_blocks(_neighbour_kernel(source.fn, k), source.rows, source.shared,
+                                    block_size=block_size, mesh=mesh)
+
+
+def _reciprocal_mask(ids: jax.Array, nn: jax.Array, k: int) -> jax.Array:
+  """[b, k]: whether ids[r] is among the first k neighbours of each of its own first k neighbours."""
+  forward = nn[ids, :k]
+  return jnp.any(nn[forward, :k] == ids[:, None, None], axis=-1)
+
+
+@functools.lru_cache(maxsize=None)
+def _half_reciprocal_kernel(k: int):
+  def kernel(ids, nn):
+    return _reciprocal_mask(ids, nn, k)
+  return kernel
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2. sparse V
+
+def _sparse_compact(idx: jax.Array, val: jax.Array | None, valid: jax.Array, sentinel: int):
+  """Valid entries first, in ascending index order; the rest get index `sentinel` (and value 0)."""
+  key = jnp.where(valid, idx, sentinel)
+  if val is None:
+    return jnp.sort(key, axis=1)
+  key, val = jax.lax.sort((key, jnp.where(valid, val, 0.0)), dimension=1, num_keys=1)
+  return key, val
+
+
+@functools.lru_cache(maxsize=None)
+def _expansion_kernel(source_fn: Callable, num_source_rows: int, k_full: int, k_half: int, f16: bool):
+  def kernel(ids, *args):
+    src_rows, (nn, half_mask, *src_shared) = args[:num_source_rows], args[num_source_rows:]
+    n = nn.shape[0]
+    forward = nn[ids, :k_full]                                                     # [b, K]
+    recip = _reciprocal_mask(ids, nn, k_full)                                      # [b, K]
+    cand = nn[forward, :k_half]                                                    # [b, K, K2]
+    cand_mask = half_mask[forward]                                                 # [b, K, K2]
+    in_recip = jnp.any((cand[..., None] == forward[:, None, None, :]) & recip[:, None, None, :], axis=-1)
+    common = jnp.sum(in_recip & cand_mask, axis=-1)
+    size = jnp.sum(cand_mask, axis=-1)
+    # len(intersect) > 2/3 * len(candidate set), exact in integers (equal to the float test for all sizes)
+    accept = recip & (3 * common > 2 * size)
+    members = jnp.concatenate([jnp.where(recip, forward, n),
+                               jnp.where(accept[..., None] & cand_mask, cand, n).reshape(ids.shape[0], -1)],
+                              axis=1)
+    members = jnp.sort(members, axis=1)
+    first = jnp.concatenate([jnp.ones_like(members[:, :1], bool), members[:, 1:] != members[:, :-1]], axis=1)
+    members = _sparse_compact(members, None, first & (members < n), n)
+    valid = members < n
+    dist = _normalised(source_fn, (*src_rows, *src_shared))
+    weight = jnp.where(valid, jnp.exp(-jnp.take_along_axis(dist, jnp.minimum(members, n - 1), axis=1)), 0.0)
+    value = _round_if(weight / jnp.sum(weight, axis=1, keepdims=True), f16)
+    return members, jnp.where(valid, value, 0.0), jnp.sum(valid, axis=1, dtype=jnp.int32)
+  return kernel
+
+
+def _trim(idx: np.ndarray, val: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  width = max(int(count.max()), 1)
+  return np.ascontiguousarray(idx[:, :width]), np.ascontiguousarray(val[:, :width])
+
+
+def k_reciprocal_weights(source: dist_lib.BlockedDistance, nn: np.ndarray, config: RerankConfig, *,
+                         block_size: int, mesh: Mesh | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Sparse V: ([N, M] column indices (N = padding), [N, M] weights), columns ascending per row."""
+  n = nn.shape[0]
+  k_full = min(config.k1 + 1, n)
+  k_half = min(config.half_k1 + 1, n)
+  ids = np.arange(n, dtype=np.int32)
+  half_mask = dist_lib.gather_row_blocks(_half_reciprocal_kernel(k_half), (ids,), (nn,),
+                                         block_size=block_size, mesh=mesh)
+  kernel = _expansion_kernel(source.fn, len(source.rows), k_full, k_half, config.float16_like_transreid)
+  idx, val, count = dist_lib.gather_row_blocks(kernel, (ids, *source.rows), (nn, half_mask, *source.shared),
+                                               block_size=block_size, mesh=mesh)
+  return _trim(idx, val, count)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. query expansion
+
+@functools.lru_cache(maxsize=None)
+def _expansion_mean_kernel(k2: int, f16: bool):
+  def kernel(ids, nn, v_idx, v_val, divisor):
+    n = nn.shape[0]
+    rows = nn[ids, :k2]                                                            # [b, k2], nearest first
+    idx = v_idx[rows].reshape(ids.shape[0], -1)
+    val = v_val[rows].reshape(ids.shape[0], -1)
+    # Stable sort by column keeps each column's values in neighbour order, so the running sum below
+    # adds them in the reference's order (numpy's mean over axis 0 adds row after row in float32).
+    idx, val = jax.lax.sort((idx, val), dimension=1, is_stable=True, num_keys=1)
+    same_as_prev = jnp.concatenate([jnp.zeros_like(idx[:, :1], bool), idx[:, 1:] == idx[:, :-1]], axis=1)
+    total = val
+    for _ in range(k2 - 1):
+      shifted = jnp.concatenate([jnp.zeros_like(total[:, :1]), total[:, :-1]], axis=1)
+      total = jnp.where(same_as_prev, shifted, 0.0) + val
+    last = jnp.concatenate([idx[:, 1:] != idx[:, :-1], jnp.ones_like(idx[:, :1], bool)], axis=1) & (idx < n)
+    # `divisor` is an argument, not a constant: XLA may turn division by a constant into a multiplication.
+    mean = _round_if(total / divisor, f16)
+    idx, mean = _sparse_compact(idx, mean, last, n)
+    return idx, mean, jnp.sum(idx < n, axis=1, dtype=jnp.int32)
+  return kernel
+
+
+def query_expansion(v_idx: np.ndarray, v_val: np.ndarray, nn: np.ndarray, config: RerankConfig, *,
+                    block_size: int, mesh: Mesh | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Sparse V_qe (same layout as V); V itself when k2 == 1 (the reference skips the step)."""
+  if config.k2 == 1:
+    return v_idx, v_val
+  n = nn.shape[0]
+  kernel = _expansion_mean_kernel(min(config.k2, n), config.float16_like_transreid)
+  ids = np.arange(n, dtype=np.int32)
+  divisor = np.float32(min(config.k2, n))
+  idx, val, count = dist_lib.gather_row_blocks(kernel, (ids,), (nn, v_idx, v_val, divisor),
+                                               block_size=block_size, mesh=mesh)
+  return _trim(idx, val, count)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4. Jaccard + final distance for query rows against the gallery
+
+@functools.lru_cache(maxsize=None)
+def _final_distance_fn(source_fn: Callable, num_source_rows: int, num_source_shared: int, num_query: int,
+                       lambda_value: float, f16: bool) -> Callable:
+  jaccard_weight = np.float32(np.float16(1.0 - lambda_value) if f16 else (1.0 - lambda_value))
+  original_weight = np.float32(lambda_value)
+
+  def fn(*args):
+    src_rows = args[:num_source_rows]
+    q_idx, q_val = args[num_source_rows:num_source_rows + 2]
+    src_shared = args[num_source_rows + 2:num_source_rows + 2 + num_source_shared]
+    g_idx_t, g_val_t, two, one = args[num_source_rows + 2 + num_source_shared:]
+    original = _normalised(source_fn, (*src_rows, *src_shared))
+    n = original.shape[1]
+    b = q_idx.shape[0]
+    dense = jnp.zeros((b, n + 1), jnp.float32).at[jnp.arange(b)[:, None], q_idx].set(q_val).T   # [N+1, b]
+
+    def add_column(t, acc):   # acc [G, b]: ascending columns per gallery row, as the reference loops
+      term = jnp.minimum(dense[g_idx_t[t]], g_val_t[t][:, None])
+      return _round_if(acc + term, f16)
+
+    overlap = jax.lax.fori_loop(0, g_idx_t.shape[0], add_column,
+                                jnp.zeros((g_idx_t.shape[1], b), jnp.float32)).T         # [b, G]
+    denom = _round_if(two - overlap, f16)
+    jaccard = _round_if(one - _round_if(overlap / denom, f16), f16)
+    return _round_if(jaccard * jaccard_weight, f16) + original[:, num_query:] * original_weight
+  return fn
+
+
+@dataclasses.dataclass(frozen=True)
+class Reranked:
+  """The sparse state of a re-ranking; `distances` turns it into query x gallery distance blocks."""
+  source: dist_lib.BlockedDistance
+  num_query: int
+  config: RerankConfig
+  qe_idx: np.ndarray
+  qe_val: np.ndarray
+
+  def distances(self) -> dist_lib.BlockedDistance:
+    q, n = self.num_query, self.qe_idx.shape[0]
+    fn = _final_distance_fn(self.source.fn, len(self.source.rows), len(self.source.shared), q,
+                            float(self.config.lambda_value), self.config.float16_like_transreid)
+    rows = tuple(r[:q] for r in self.source.rows) + (self.qe_idx[:q], self.qe_val[:q])
+    g_idx_t = np.ascontiguousarray(self.qe_idx[q:].T)
+    g_val_t = np.ascontiguousarray(self.qe_val[q:].T)
+    shared = (*self.source.shared, g_idx_t, g_val_t, np.float32(2.0), np.float32(1.0))
+    return dist_lib.BlockedDistance(rows, shared, fn, q, n - q)
+
+
+def rerank_bytes_per_row(num_items: int, num_gallery: int, width: int) -> int:
+  """Block temporaries per row: distance rows, the dense V_qe copy, overlap sums and a sort of them."""
+  return 4 * (3 * num_items + 6 * num_gallery) + 8 * width
+
+
+def prepare(source: dist_lib.BlockedDistance, num_query: int, config: RerankConfig, *,
+            block_size: int | None = None, mesh: Mesh | None = None,
+            memory_budget: int = dist_lib.DEFAULT_MEMORY_BUDGET) -> Reranked:
+  """Steps 1-3 over all items; step 4 runs when the returned distances are evaluated."""
+  n = source.num_rows
+  if not 0 < num_query < n:
+    raise ValueError(f're-ranking needs queries and gallery entries; got {num_query} of {n} items as queries')
+  width = config.k1 + 1 + (config.k1 + 1) * (config.half_k1 + 1)
+  block = dist_lib.resolve_block_size(n, mesh, block_size, rerank_bytes_per_row(n, n - num_query, width),
+                                      memory_budget)
+  nn = neighbour_lists(source, min(max(config.k1 + 1, config.k2), n), block_size=block, mesh=mesh)
+  v_idx, v_val = k_reciprocal_weights(source, nn, config, block_size=block, mesh=mesh)
+  qe_idx, qe_val = query_expansion(v_idx, v_val, nn, config, block_size=block, mesh=mesh)
+  return Reranked(source, num_query, config, qe_idx, qe_val)
+
+
+def _final_matrix(reranked: Reranked, block_size: int | None, mesh: Mesh | None, memory_budget: int):
+  dist = reranked.distances()
+  block = dist_lib.resolve_block_size(
+      dist.num_rows, mesh, block_size,
+      rerank_bytes_per_row(reranked.qe_idx.shape[0], dist.num_columns, reranked.qe_idx.shape[1]), memory_budget)
+  return dist_lib.gather_row_blocks(dist.fn, dist.rows, dist.shared, block_size=block, mesh=mesh)
+
+
+def rerank_features(qf, gf, *, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+                    metric: str = 'euclidean', float16_like_transreid: bool = False,
+                    block_size: int | None = None, mesh: Mesh | None = None,
+                    memory_budget: int = dist_lib.DEFAULT_MEMORY_BUDGET) -> np.ndarray:
+  """[Q, G] re-ranked distances from features (TransReID's re_ranking(qf, gf, k1, k2, lambda))."""
+  config = RerankConfig(k1, k2, lambda_value, float16_like_transreid)
+  source = feature_source(qf, gf, metric)
+  reranked = prepare(source, np.shape(qf)[0], config, block_size=block_size, mesh=mesh,
+                     memory_budget=memory_budget)
+  return _final_matrix(reranked, block_size, mesh, memory_budget)
+
+
+def rerank_distance_matrices(q_g, q_q, g_g, *, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+                             float16_like_transreid: bool = False, block_size: int | None = None,
+                             mesh: Mesh | None = None,
+                             memory_budget: int = dist_lib.DEFAULT_MEMORY_BUDGET) -> np.ndarray:
+  """[Q, G] re-ranked distances from distance matrices (torchreid's re_ranking; it squares its input)."""
+  config = RerankConfig(k1, k2, lambda_value, float16_like_transreid)
+  source = matrix_source(q_g, q_q, g_g)
+  reranked = prepare(source, np.shape(q_g)[0], config, block_size=block_size, mesh=mesh,
+                     memory_budget=memory_budget)
+  return _final_matrix(reranked, block_size, mesh, memory_budget)
