@@ -33,7 +33,7 @@ from input_pipeline.images import decode_image
 from input_pipeline.pairs import make_iterator  # noqa: F401  (same checkpointable iterator)
 from input_pipeline.reid_sampling import (BatchPlan, EpochBatches, FixedPlanner,
                                           MultiGalleryPlanner, PairPlanner, PKPlanner, augment_rng)
-from input_pipeline.reid_transforms import ReidAugment, hflip
+from input_pipeline.reid_transforms import ReidAugment
 
 ID_KEYS = ('pid', 'camid', 'viewid')
 
@@ -71,7 +71,7 @@ class TrainRecords:
 
   @classmethod
   def from_splits(cls, splits, separate_ids: bool = False) -> TrainRecords:
-    """`separate_ids`: the splits come from different datasets, so equal pids are different people."""
+    """`separate_ids`: the splits come from different datasets (equal pids = different people)."""
     splits = list(splits) if isinstance(splits, (list, tuple)) else [splits]
     if not splits:
       raise ValueError('no training split given')
@@ -114,15 +114,15 @@ class LoadTrainBatch(grain.transforms.Map):
     images = [self._augment.train(augment_rng(self._seed, epoch, int(p), side), rec.image(int(r)))
               for r, p in zip(records, positions)]
     return {'image': np.stack(images), 'label': rec.labels[records].astype(np.int32),
-            'pid': rec.pids[records].astype(np.int32), 'camid': rec.camids[records].astype(np.int32),
-            'viewid': rec.viewids[records].astype(np.int32), 'index': records.astype(np.int32)}
+            **{k: getattr(rec, f'{k}s')[records].astype(np.int32) for k in ID_KEYS},
+            'index': records.astype(np.int32)}
 
   def map(self, element: dict) -> dict:
     return self.rows(element['record'], element['epoch'], element['position'])
 
 
 class LoadPairBatch(LoadTrainBatch):
-  """{'record_a', 'record_b', 'same', 'epoch', 'position'} -> pair batch (sides drawn separately)."""
+  """{'record_a', 'record_b', 'same', 'epoch', 'position'} -> pair batch (own draws per side)."""
 
   def map(self, element: dict) -> dict:
     batch = {'same': np.asarray(element['same'], bool)}

@@ -145,7 +145,8 @@ def multi_gallery_epoch(pids: np.ndarray, camids: np.ndarray, num_groups: int, n
   rows = []
   for probe in probes[:num_batches * num_groups]:
     pool = _other_images(int(probe), groups[group_of[probe]], camids)
-    rows.append(np.r_[probe, rng.choice(pool, num_instances - 1, replace=len(pool) < num_instances)])
+    gallery = rng.choice(pool, num_instances - 1, replace=len(pool) < num_instances)
+    rows.append(np.r_[probe, gallery])
   return np.asarray(rows, np.int64).reshape(num_batches, num_groups * num_instances)
 
 
@@ -191,7 +192,7 @@ def _negative_partners(rng, probes: np.ndarray, order: np.ndarray, start: np.nda
 
 def probe_pair_epoch(pids: np.ndarray, camids: np.ndarray, batch_size: int, ratio, seed: int,
                      epoch: int) -> dict[str, np.ndarray]:
-  """One pair epoch: {'record_a', 'record_b': int64, 'same': bool}, each [num_batches, batch_size]."""
+  """One pair epoch: {'record_a', 'record_b' (int64), 'same' (bool)}, each [batches, batch_size]."""
   pids, camids = np.asarray(pids), np.asarray(camids)
   n_pos, n_neg = pair_split(batch_size, ratio)
   groups = group_by_identity(pids)
@@ -208,8 +209,8 @@ def probe_pair_epoch(pids: np.ndarray, camids: np.ndarray, batch_size: int, rati
             len(pids) // n_neg if n_neg else sys.maxsize]
   num_batches = min(limits)
   if num_batches == 0:
-    raise ValueError(f'{len(pids)} images ({len(eligible)} with a positive partner) cannot fill one '
-                     f'batch of {n_pos} positive + {n_neg} negative pairs')
+    raise ValueError(f'{len(pids)} images ({len(eligible)} with a positive partner) cannot fill '
+                     f'one batch of {n_pos} positive + {n_neg} negative pairs')
   rng = plan_rng(seed, epoch)
   pos_probes = rng.permutation(eligible)[:num_batches * n_pos].reshape(num_batches, n_pos)
   neg_probes = rng.permutation(len(pids))[:num_batches * n_neg].reshape(num_batches, n_neg)
@@ -256,8 +257,8 @@ class BatchPlan:
   def __post_init__(self):
     batches = np.asarray(self.batches)
     if batches.ndim != 2 or batches.shape[0] == 0 or not np.issubdtype(batches.dtype, np.integer):
-      raise ValueError(f'a BatchPlan needs integer batches of shape [num_batches >= 1, global_batch], '
-                       f'got {batches.dtype} {batches.shape}')
+      raise ValueError(f'a BatchPlan needs integer batches of shape [num_batches >= 1, '
+                       f'global_batch], got {batches.dtype} {batches.shape}')
     object.__setattr__(self, 'batches', batches.astype(np.int64))
 
   def check(self, num_records: int, global_batch: int) -> None:
@@ -266,8 +267,8 @@ class BatchPlan:
                        f'{global_batch}')
     bad = (self.batches < 0) | (self.batches >= num_records)
     if bad.any():
-      raise ValueError(f'plan for epoch {self.epoch} holds record indices outside [0, {num_records}):'
-                       f' {np.unique(self.batches[bad])[:10].tolist()}')
+      raise ValueError(f'plan for epoch {self.epoch} holds record indices outside '
+                       f'[0, {num_records}): {np.unique(self.batches[bad])[:10].tolist()}')
 
   def to_state(self) -> dict:
     return {'epoch': int(self.epoch), 'batches': self.batches.tolist()}
@@ -304,7 +305,8 @@ class EpochBatches(grain.MapDataset):
     super().__init__()
     if not 0 <= shard_index < shard_count or global_batch % shard_count:
       raise ValueError(f'the global batch of {global_batch} rows must split evenly over '
-                       f'{shard_count} processes and 0 <= shard_index ({shard_index}) < shard_count')
+                       f'{shard_count} processes, with 0 <= shard_index ({shard_index}) < '
+                       f'shard_count')
     self._planner, self._global = planner, global_batch
     self._local = global_batch // shard_count
     self._offset = shard_index * self._local

@@ -46,9 +46,10 @@ INTERPOLATIONS = {'nearest': Image.NEAREST, 'bilinear': Image.BILINEAR, 'bicubic
 # ----------------------------------------------------------------------------- geometry
 
 def resize(img: np.ndarray, size_hw: Sequence[int], interpolation: str = 'bilinear') -> np.ndarray:
-  """uint8 [h, w, 3] -> [H, W, 3] with PIL resampling (antialiased when shrinking, as torchvision on PIL)."""
+  """uint8 [h, w, 3] -> [H, W, 3] by PIL resampling (antialiased when shrinking, as torchvision)."""
   if interpolation not in INTERPOLATIONS:
-    raise ValueError(f'interpolation must be one of {sorted(INTERPOLATIONS)}, got {interpolation!r}')
+    raise ValueError(f'interpolation must be one of {sorted(INTERPOLATIONS)}, '
+                     f'got {interpolation!r}')
   h, w = size_hw
   if img.shape[:2] == (h, w):
     return img
@@ -73,7 +74,7 @@ def crop(img: np.ndarray, top: int, left: int, size_hw: Sequence[int]) -> np.nda
 
 
 def random_crop(rng: np.random.Generator, img: np.ndarray, size_hw: Sequence[int]) -> np.ndarray:
-  """Window of size (H, W) at a uniform offset; every offset in [0, h - H] x [0, w - W] is possible."""
+  """(H, W) window at a uniform offset; every offset in [0, h - H] x [0, w - W] is possible."""
   h, w = size_hw
   if img.shape[0] < h or img.shape[1] < w:
     raise ValueError(f'cannot crop {size_hw} out of an image of shape {img.shape[:2]}')
@@ -91,7 +92,8 @@ def random_rotation(rng: np.random.Generator, img: np.ndarray, degrees: float) -
   if degrees <= 0:
     return img
   angle = float(rng.uniform(-degrees, degrees))
-  pil = Image.fromarray(img).rotate(angle, resample=Image.NEAREST, expand=False, fillcolor=(0, 0, 0))
+  pil = Image.fromarray(img).rotate(angle, resample=Image.NEAREST, expand=False,
+                                    fillcolor=(0, 0, 0))
   return np.asarray(pil)
 
 
@@ -110,7 +112,7 @@ def adjust_saturation(img: np.ndarray, factor: float) -> np.ndarray:
 
 
 def adjust_hue(img: np.ndarray, shift: float) -> np.ndarray:
-  """Hue rotation by `shift` turns in PIL's uint8 HSV (the hue byte wraps around), as torchvision."""
+  """Hue rotation by `shift` turns in PIL's uint8 HSV (the hue byte wraps), as torchvision."""
   if not -0.5 <= shift <= 0.5:
     raise ValueError(f'hue shift must lie in [-0.5, 0.5], got {shift}')
   hue, sat, val = Image.fromarray(img).convert('HSV').split()
@@ -118,7 +120,8 @@ def adjust_hue(img: np.ndarray, shift: float) -> np.ndarray:
   return np.asarray(Image.merge('HSV', (Image.fromarray(h, 'L'), sat, val)).convert('RGB'))
 
 
-def jitter_range(value, name: str, centre: float, bound: tuple[float, float]) -> tuple[float, float] | None:
+def jitter_range(value, name: str, centre: float,
+                 bound: tuple[float, float]) -> tuple[float, float] | None:
   """torchvision's parameter rule: a scalar v means [centre - v, centre + v] (clipped at the bound);
   a pair is used as given. Returns None when the range is the identity."""
   if value is None:
@@ -193,7 +196,7 @@ def normalize(img: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> n
 
 @dataclasses.dataclass(frozen=True)
 class RandomErasing:
-  """One erased box on a normalised float [H, W, C] image (see the module doc for the two recipes)."""
+  """One erased box on a normalised float [H, W, C] image (module doc: the two recipes)."""
   prob: float = 0.5
   area: tuple[float, float] = (0.02, 0.4)
   aspect: tuple[float, float] = (0.3, 1 / 0.3)
@@ -259,7 +262,7 @@ DEFAULTS = dict(
     color_jitter=None,              # None or {brightness, contrast, saturation, hue}
     occlusion=None,                 # None or (min_size, max_size) as fractions of the width
     mean=IMAGENET_MEAN, std=IMAGENET_STD,
-    erasing='bot',                  # None, a recipe name in ERASING_RECIPES, or RandomErasing fields
+    erasing='bot',                  # None, a name in ERASING_RECIPES, or RandomErasing fields
 )
 
 

@@ -1,4 +1,4 @@
-"""Re-ID grain pipeline: PK epochs, pair ratio, plan hook, sharding, exact resume, workers, transforms."""
+"""Re-ID grain pipeline: PK epochs, pairs, plan hook, sharding, resume, workers, transforms."""
 from __future__ import annotations
 
 import collections
@@ -7,6 +7,7 @@ import io
 import math
 
 import grain
+import ml_collections
 import numpy as np
 import pytest
 from etils import epath
@@ -90,7 +91,7 @@ def test_identity_chunk_epoch_follows_the_documented_rule(train_split, seed):
     for batch in batches:
       groups = batch.reshape(p, k)
       ids = [np.unique(pids[g]) for g in groups]
-      assert all(len(i) == 1 for i in ids)                      # K images of one identity, contiguous
+      assert all(len(i) == 1 for i in ids)                      # K contiguous images of one id
       assert len({int(i[0]) for i in ids}) == p                 # P distinct identities
       for g, i in zip(groups, ids):
         used[int(i[0])] += 1
@@ -132,7 +133,8 @@ def test_stream_crosses_epochs_with_variable_lengths(train_split):
   first_of_epoch2 = stream[lengths[0] + lengths[1]]
   assert first_of_epoch2['epoch'] == 2
   np.testing.assert_array_equal(first_of_epoch2['record'], planner(2)['record'][0])
-  np.testing.assert_array_equal(stream[lengths[0] - 1]['position'], np.arange(12) + 12 * (lengths[0] - 1))
+  np.testing.assert_array_equal(stream[lengths[0] - 1]['position'],
+                                np.arange(12) + 12 * (lengths[0] - 1))
   with pytest.raises(IndexError):
     stream[len(stream)]
 
@@ -242,7 +244,8 @@ def test_shards_union_is_the_single_process_batch(train_split, count):
 
 def test_seed_and_determinism(train_split):
   _equal(_train(train_split)[2], _train(train_split)[2])
-  assert not np.array_equal(_train(train_split)[2]['image'], _train(train_split, seed=1)[2]['image'])
+  other_seed = _train(train_split, seed=1)[2]['image']
+  assert not np.array_equal(_train(train_split)[2]['image'], other_seed)
 
 
 def test_iterator_state_resumes_mid_epoch_and_across_epochs(train_split):
@@ -442,7 +445,8 @@ def test_bot_erasing_placement_area_and_fill():
     expected = np.zeros((h, w), bool)
     expected[top:top + eh, left:left + ew] = True
     np.testing.assert_array_equal(mask, expected)          # the box lies inside the image
-    np.testing.assert_array_equal(out[mask], np.broadcast_to(np.float32(T.IMAGENET_MEAN), (mask.sum(), 3)))
+    fill = np.broadcast_to(np.float32(T.IMAGENET_MEAN), (mask.sum(), 3))
+    np.testing.assert_array_equal(out[mask], fill)
     frac = eh * ew / (h * w)
     assert 0.02 * 0.8 <= frac <= 0.4 * 1.25                # rounding of h and w only
     assert 0.3 * 0.7 <= eh / ew <= (1 / 0.3) / 0.7
@@ -499,6 +503,10 @@ def test_augment_config_composition_and_errors(image):
   a, b = (full.train(np.random.default_rng(4), image) for _ in range(2))
   np.testing.assert_array_equal(a, b)
   assert a.shape == (32, 16, 3) and a.dtype == np.float32
+  from_config = T.ReidAugment((32, 16), ml_collections.ConfigDict(
+      {'color_jitter': {'brightness': 0.2, 'hue': 0.1}, 'rotation': 5, 'occlusion': (0.0, 0.5),
+       'erasing': 'timm_pixel'}))
+  np.testing.assert_array_equal(from_config.train(np.random.default_rng(4), image), a)
   with pytest.raises(ValueError, match='unknown augment keys'):
     T.ReidAugment((32, 16), {'flipp': 0.5})
   with pytest.raises(ValueError, match='unknown erasing recipe'):
