@@ -1,0 +1,50 @@
+"""`python -m jaxmatch.parity --config configs/X.py --reference_repo PATH [--torch_checkpoint FILE]`
+
+Builds the official PyTorch model from the user's clone of the authors' repository (PATH) and jaxmatch's
+model from the same weights (the checkpoint, or the official random initialisation seeded by --seed), runs
+both on the same seeded inputs on CPU in float32 and prints, stage by stage, the max absolute and relative
+difference with pass/fail. Exit code: 0 all stages pass, 1 a stage fails, 2 the comparison could not run
+(missing repository or entry point, a config the official code cannot build, weights that do not fit).
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/transformatcher_spair.py.",
+                                          lock_config=True)
+_REPO = flags.DEFINE_string("reference_repo", None, "Folder of your clone of the official repository.")
+_TORCH = flags.DEFINE_string("torch_checkpoint", None, "Official checkpoint (.pth/.pt/.bin, .safetensors, .npz); "
+                             "default: the official random initialisation.")
+_PICKLE = flags.DEFINE_bool("allow_pickle", False, "Allow legacy .pth files that run pickled code "
+                            "(only for files you trust).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the random weights and inputs.")
+_BATCH = flags.DEFINE_integer("batch_size", 1, "Image pairs per comparison.")
+_JSON = flags.DEFINE_string("json_out", None, "Also write the report as JSON to this file.")
+
+
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from jaxmatch.parity.core import ParityError, run_parity
+  try:
+    report = run_parity(_CONFIG.value, _REPO.value, _TORCH.value, _PICKLE.value, _SEED.value, _BATCH.value)
+  except ParityError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return 2
+  print(report.render(), flush=True)
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      f.write(report.to_json())
+  return 0 if report.passed else 1
+
+
+def run():
+  flags.mark_flags_as_required(["config", "reference_repo"])
+  app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,321 @@
+"""Stage-by-stage numerical parity of a jaxmatch model against the authors' own PyTorch code.
+
+The official repository is the user's clone, imported at run time from the folder they name (nothing of it
+ships with jaxmatch). One adapter module per model (registry `ADAPTERS`) knows that repository's entry
+points: how to build the official model from a config, which intermediate tensors ("stages") it exposes,
+how to convert its weights and how to compute the same stages in jaxmatch. `run_parity` then
+
+  1. checks the config against what the official code can build (clear error otherwise),
+  2. imports the repository (sys.path insertion; missing files or entry points are named),
+  3. builds the official model: seeded random weights, or a checkpoint read with `weights_only`,
+  4. converts that very state_dict with jaxmatch's converter,
+  5. runs both on the same seeded inputs in float32 and compares every stage.
+
+A stage passes when max|ours - ref| / max|ref| <= its tolerance (relative to the largest reference value:
+element-wise ratios blow up where the reference is near zero, which says nothing about the port). A stage
+made of several tensors (e.g. one per backbone block) is judged by its worst tensor.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import json
+import os
+import sys
+import time
+from typing import Any, Mapping, Protocol, Sequence
+
+import numpy as np
+
+# model name (config.model.name) -> adapter module exposing `ADAPTER`
+ADAPTERS = {"transformatcher": "jaxmatch.parity.transformatcher"}
+
+
+class ParityError(RuntimeError):
+  """The comparison cannot run: missing repository, missing entry point, unsupported config, bad weights."""
+
+
+# ----------------------------------------------------------------------------- stages and comparison
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  name: str
+  description: str
+  rtol: float  # allowed max|ours - ref| / max|ref|
+
+
+@dataclasses.dataclass(frozen=True)
+class StageResult:
+  stage: Stage
+  shape: str
+  max_abs: float
+  max_rel: float
+  passed: bool
+  note: str = ""
+
+  def to_dict(self) -> dict:
+    return {"stage": self.stage.name, "description": self.stage.description, "shape": self.shape,
+            "max_abs": self.max_abs, "max_rel": self.max_rel, "tolerance": self.stage.rtol,
+            "passed": self.passed, "note": self.note}
+
+
+def relative_error(ours: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+  """(max|ours - ref|, max|ours - ref| / max|ref|); an all-zero reference makes rel = abs."""
+  diff = float(np.max(np.abs(ours.astype(np.float64) - ref.astype(np.float64)))) if ref.size else 0.0
+  scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+  return diff, (diff / scale if scale > 0 else diff)
+
+
+def _as_list(value) -> list[np.ndarray]:
+  if isinstance(value, (list, tuple)):
+    return [np.asarray(v) for v in value]
+  return [np.asarray(value)]
+
+
+def _shape_text(arrays: Sequence[np.ndarray]) -> str:
+  first = list(arrays[0].shape)
+  if len(arrays) == 1:
+    return str(first)
+  same = all(a.shape == arrays[0].shape for a in arrays)
+  return f"{len(arrays)} x {first}" if same else f"{len(arrays)} tensors"
+
+
+def compare_stage(stage: Stage, ours, ref) -> StageResult:
+  """Compares one stage (an array or a list of arrays); shape or count mismatches fail with a note."""
+  ours_l, ref_l = _as_list(ours), _as_list(ref)
+  if len(ours_l) != len(ref_l):
+    return StageResult(stage, f"{len(ref_l)} tensors", float("nan"), float("nan"), False,
+                       f"jaxmatch gives {len(ours_l)} tensors, the reference {len(ref_l)}")
+  worst_abs, worst_rel, worst_i = 0.0, 0.0, 0
+  for i, (a, b) in enumerate(zip(ours_l, ref_l)):
+    if a.shape != b.shape:
+      return StageResult(stage, _shape_text(ref_l), float("nan"), float("nan"), False,
+                         f"shape mismatch at tensor {i}: jaxmatch {list(a.shape)}, reference {list(b.shape)}")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+      which = "jaxmatch" if not np.all(np.isfinite(a)) else "reference"
+      return StageResult(stage, _shape_text(ref_l), float("nan"), float("nan"), False,
+                         f"non-finite values in the {which} output (tensor {i})")
+    abs_err, rel_err = relative_error(a, b)
+    worst_abs = max(worst_abs, abs_err)
+    if rel_err >= worst_rel:
+      worst_rel, worst_i = rel_err, i
+  note = f"worst: tensor {worst_i}" if len(ref_l) > 1 else ""
+  return StageResult(stage, _shape_text(ref_l), worst_abs, worst_rel, worst_rel <= stage.rtol, note)
+
+
+def first_failure(results: Sequence[StageResult]) -> StageResult | None:
+  return next((r for r in results if not r.passed), None)
+
+
+def format_table(results: Sequence[StageResult]) -> str:
+  rows = [("stage", "shape", "max abs", "max rel", "tol", "result", "")]
+  for r in results:
+    rows.append((r.stage.name, r.shape, f"{r.max_abs:.3e}", f"{r.max_rel:.3e}", f"{r.stage.rtol:.0e}",
+                 "pass" if r.passed else "FAIL", r.note))
+  widths = [max(len(row[i]) for row in rows) for i in range(6)]
+  lines = ["  ".join(c.ljust(w) for c, w in zip(row[:6], widths)) + (f"  {row[6]}" if row[6] else "")
+           for row in rows]
+  return "\n".join(line.rstrip() for line in lines)
+
+
+@dataclasses.dataclass
+class ParityReport:
+  model: str
+  reference_repo: str
+  weights: str
+  inputs: str
+  results: list[StageResult]
+  seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+  @property
+  def passed(self) -> bool:
+    return all(r.passed for r in self.results)
+
+  def summary(self) -> str:
+    bad = first_failure(self.results)
+    if bad is None:
+      return f"RESULT: PASS ({len(self.results)}/{len(self.results)} stages within tolerance)"
+    n_bad = sum(not r.passed for r in self.results)
+    detail = bad.note or f"max rel {bad.max_rel:.3e} > {bad.stage.rtol:.0e}"
+    return (f"RESULT: FAIL ({n_bad}/{len(self.results)} stages out of tolerance); first diverging stage: "
+            f"{bad.stage.name} ({bad.stage.description}): {detail}")
+
+  def render(self) -> str:
+    timing = ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
+    head = [f"parity of jaxmatch '{self.model}' against the reference code in {self.reference_repo}",
+            f"weights: {self.weights}", f"inputs: {self.inputs}; float32 on CPU"]
+    if timing:
+      head.append(f"time: {timing}")
+    return "\n".join(head + ["", format_table(self.results), "", self.summary()])
+
+  def to_json(self) -> str:
+    return json.dumps({"model": self.model, "reference_repo": self.reference_repo, "weights": self.weights,
+                       "inputs": self.inputs, "passed": self.passed, "seconds": self.seconds,
+                       "stages": [r.to_dict() for r in self.results]}, indent=1)
+
+
+# ----------------------------------------------------------------------------- importing the reference
+def _purge_modules(repo: str, names: Sequence[str]) -> None:
+  """Forgets earlier imports of the repository's flat modules, so the named folder is what gets imported.
+
+  Flat names such as `utils` or `geometry` are common; a module of that name imported from elsewhere (or an
+  earlier reference folder) would otherwise be reused silently.
+  """
+  shadowed = set(names) - set(sys.stdlib_module_names)
+  for name in list(sys.modules):
+    path = getattr(sys.modules[name], "__file__", None) or ""
+    if name.split(".")[0] in shadowed or os.path.abspath(path).startswith(repo + os.sep):
+      del sys.modules[name]
+
+
+def import_reference(repo_path: str, modules: Sequence[str], entry_points: Mapping[str, Sequence[str]],
+                     repository: str, install_hint: str = "") -> dict[str, Any]:
+  """Imports the flat modules of the official repository at `repo_path`: {module name: module}.
+
+  Raises ParityError naming the missing files, the failed import (with `install_hint` when a dependency is
+  missing) or the missing entry points (class / function names the adapter calls).
+  """
+  if not repo_path:
+    raise ParityError(f"no reference repository given: clone {repository} and pass its folder")
+  repo = os.path.abspath(os.path.expanduser(repo_path))
+  if not os.path.isdir(repo):
+    raise ParityError(f"reference repository not found: {repo_path} (expected a clone of {repository})")
+  missing = [f"{m}.py" for m in modules if not os.path.isfile(os.path.join(repo, f"{m}.py"))]
+  if missing:
+    raise ParityError(f"{repo_path} does not look like a clone of {repository}: missing "
+                      f"{', '.join(missing)} (expected the flat layout with {', '.join(m + '.py' for m in modules)})")
+  local = [os.path.splitext(f)[0] for f in os.listdir(repo) if f.endswith(".py")]
+  _purge_modules(repo, local)
+  loaded = {}
+  sys.path.insert(0, repo)
+  try:
+    for name in modules:
+      try:
+        loaded[name] = importlib.import_module(name)
+      except ImportError as e:
+        hint = f"; {install_hint}" if install_hint and isinstance(e, ModuleNotFoundError) else ""
+        raise ParityError(f"importing {name}.py from {repo_path} failed: {type(e).__name__}: {e}{hint}") from e
+      except Exception as e:  # the reference's own import-time code failed
+        raise ParityError(f"importing {name}.py from {repo_path} failed: {type(e).__name__}: {e}") from e
+  finally:
+    sys.path.remove(repo)
+  absent = [f"{m}.{attr}" for m, attrs in entry_points.items() for attr in attrs if not hasattr(loaded[m], attr)]
+  if absent:
+    raise ParityError(f"{repo_path} lacks the entry points the parity tool calls: {', '.join(absent)} "
+                      f"(expected those of {repository})")
+  return loaded
+
+
+# ----------------------------------------------------------------------------- weights
+def seed_everything(seed: int) -> None:
+  """Seeds PyTorch's generator, which the official constructors draw their random weights from."""
+  import torch
+  torch.manual_seed(seed)
+  np.random.seed(seed)
+
+
+def numpy_state_dict(model) -> dict[str, np.ndarray]:
+  from jaxmatch.convert.torch_io import to_numpy_tree
+  return to_numpy_tree(model.state_dict())
+
+
+def load_reference_weights(model, path: str, allow_pickle: bool = False) -> None:
+  """Loads a checkpoint into the official model (strictly), read through jaxmatch's weights_only reader."""
+  import torch
+  from jaxmatch.convert.torch_io import load_state_dict
+  try:
+    state_dict = load_state_dict(path, allow_pickle=allow_pickle)
+  except (FileNotFoundError, ValueError, ImportError) as e:
+    raise ParityError(str(e)) from e
+  try:
+    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()},
+                          strict=True)
+  except RuntimeError as e:
+    raise ParityError(f"{path} does not fit the official model built from the config: {e}") from e
+
+
+# ----------------------------------------------------------------------------- adapters
+class Adapter(Protocol):
+  """What a model plugs into the tool (one module per model, `ADAPTER = ...` inside)."""
+  name: str
+  repository: str                           # where users get the official code
+  modules: tuple[str, ...]                  # flat module files of the repository to import, in order
+  entry_points: Mapping[str, tuple[str, ...]]
+  install_hint: str                         # what to install when the reference's imports fail
+
+  def check_config(self, config) -> list[str]: ...                     # problems the official code cannot build
+  def build_reference(self, modules: dict, config): ...                # -> torch.nn.Module (seeded before)
+  def check_reference(self, model, modules: dict, config) -> list[str]: ...
+  def convert(self, state_dict: dict, config) -> dict: ...             # -> jaxmatch variables
+  def make_inputs(self, config, batch_size: int, seed: int) -> dict: ...
+  def describe_inputs(self, inputs: dict) -> str: ...
+  def stages(self, config) -> tuple[Stage, ...]: ...
+  def run_reference(self, model, modules: dict, inputs: dict, config) -> dict: ...
+  def run_ours(self, variables: dict, inputs: dict, config) -> dict: ...
+
+
+def get_adapter(name: str) -> Adapter:
+  if name not in ADAPTERS:
+    raise ParityError(f"no parity adapter for model {name!r}; available: {', '.join(sorted(ADAPTERS))}")
+  return importlib.import_module(ADAPTERS[name]).ADAPTER
+
+
+@contextlib.contextmanager
+def _timed(seconds: dict, key: str):
+  start = time.perf_counter()
+  yield
+  seconds[key] = time.perf_counter() - start
+
+
+def run_parity(config, reference_repo: str, torch_checkpoint: str | None = None, allow_pickle: bool = False,
+               seed: int = 0, batch_size: int = 1) -> ParityReport:
+  """Builds the official model and jaxmatch's from the same weights and compares them stage by stage."""
+  if batch_size < 1:
+    raise ParityError(f"batch_size must be >= 1, got {batch_size}")
+  try:
+    import torch
+  except ImportError as e:
+    raise ParityError("the parity tool runs the official PyTorch code: install the parity extra "
+                      "(pip install -e '.[parity]')") from e
+  import jax
+
+  adapter = get_adapter(config.model.name)
+  problems = adapter.check_config(config)
+  if problems:
+    raise ParityError("the official code cannot run this config:\n  " + "\n  ".join(problems))
+  modules = import_reference(reference_repo, adapter.modules, adapter.entry_points, adapter.repository,
+                             adapter.install_hint)
+  seconds: dict[str, float] = {}
+  seed_everything(seed)
+  with torch.no_grad(), _timed(seconds, "build reference"):
+    model = adapter.build_reference(modules, config)
+  model.eval()
+  if torch_checkpoint:
+    load_reference_weights(model, torch_checkpoint, allow_pickle)
+    weights = f"{torch_checkpoint} (loaded into the official model, then converted)"
+  else:
+    weights = f"random official initialisation (torch seed {seed}), converted"
+  problems = adapter.check_reference(model, modules, config)
+  if problems:
+    raise ParityError("the official model built from this config differs from jaxmatch's:\n  "
+                      + "\n  ".join(problems))
+  from jaxmatch.convert.keys import CheckpointMismatchError
+  try:
+    variables = adapter.convert(numpy_state_dict(model), config)
+  except (CheckpointMismatchError, ValueError) as e:
+    raise ParityError(f"converting the official weights failed: {e}") from e
+
+  inputs = adapter.make_inputs(config, batch_size, seed)
+  with torch.no_grad(), _timed(seconds, "reference"):
+    try:
+      ref = adapter.run_reference(model, modules, inputs, config)
+    except ParityError:
+      raise
+    except Exception as e:  # the official code rejected this configuration at run time
+      raise ParityError(f"the reference code failed on this config: {type(e).__name__}: {e}") from e
+  # Full float32 matmuls: on accelerators the default may use reduced-precision passes.
+  with jax.default_matmul_precision("highest"), _timed(seconds, "jaxmatch"):
+    ours = adapter.run_ours(variables, inputs, config)
+  results = [compare_stage(s, ours[s.name], ref[s.name]) for s in adapter.stages(config)]
+  return ParityReport(config.model.name, os.path.abspath(reference_repo), weights,
+                      adapter.describe_inputs(inputs), results, seconds)
