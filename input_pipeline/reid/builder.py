@@ -12,6 +12,7 @@ decoded once while building, so a corrupt file fails the build with its name ins
 later. Reader options (e.g. MSMT17 `version`, CUHK03 `variant`) are bound to the reader's signature,
 defaults filled in, and spelled into the builder config name, so each distinct choice of options is
 prepared into its own folder `<data_dir>/reid_images/<config>/<version>/` and never shares a copy.
+Folder options (named `*_dir`) are spelled only as given or not, e.g. 'veri776-keypoint_dir=given'.
 """
 from __future__ import annotations
 
@@ -52,7 +53,12 @@ def get_reader(dataset: str) -> Callable[..., dict]:
   if dataset not in READERS:
     raise ValueError(f'unknown re-ID dataset {dataset!r}; known: {sorted(READERS)}')
   module, function = READERS[dataset]
-  return getattr(importlib.import_module(module), function)
+  try:
+    return getattr(importlib.import_module(module), function)
+  except ModuleNotFoundError as err:
+    if err.name != module:
+      raise                                  # the reader exists but one of its imports is missing
+    raise ValueError(f'the {dataset} reader {module}.{function} is not installed') from err
 
 
 def resolve_options(dataset: str, options: dict) -> dict:
@@ -74,9 +80,18 @@ def resolve_options(dataset: str, options: dict) -> dict:
   return dict(sorted(resolved.items()))
 
 
+def _name_part(key: str, value) -> str | None:
+  # Options named *_dir are folders (where keypoint files are, where to extract images): a path
+  # would make a poor folder name, so only whether one was given is spelled.
+  if key.endswith('_dir'):
+    return None if value is None else f'{key}=given'
+  return f'{key}={value}'
+
+
 def config_name(dataset: str, options: dict) -> str:
   """'market1501-distractors_500k=False': the dataset plus every resolved option."""
-  return '-'.join([dataset] + [f'{k}={v}' for k, v in resolve_options(dataset, options).items()])
+  parts = [_name_part(k, v) for k, v in resolve_options(dataset, options).items()]
+  return '-'.join([dataset] + [p for p in parts if p is not None])
 
 
 def read_records(dataset: str, root, options: dict) -> dict[str, list[ReidRecord]]:
