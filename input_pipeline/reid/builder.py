@@ -115,12 +115,21 @@ class ReidConfig(tfds.core.BuilderConfig):
   dataset: str = ''
   options: tuple = ()             # sorted (name, value) pairs
 
+  def __reduce__(self):
+    # Unpickled (e.g. inside a data source sent to a worker) as the one instance of its name.
+    return reid_config, (self.dataset, dict(self.options))
+
+
+_MADE_CONFIGS: dict[str, ReidConfig] = {}
+
 
 def reid_config(dataset: str, options: dict | None = None) -> ReidConfig:
+  """The config of `dataset` with `options`; one instance per name, so tfds recognises it."""
   resolved = resolve_options(dataset, options or {})
-  return ReidConfig(name=config_name(dataset, resolved), dataset=dataset,
-                    options=tuple(resolved.items()),
-                    description=f'{dataset} read by {READERS[dataset][1]}')
+  name = config_name(dataset, resolved)
+  return _MADE_CONFIGS.setdefault(name, ReidConfig(
+      name=name, dataset=dataset, options=tuple(resolved.items()),
+      description=f'{dataset} read by {READERS[dataset][1]}'))
 
 
 def _example(record: ReidRecord) -> dict:
@@ -139,6 +148,12 @@ class ReidImages(tfds.core.GeneratorBasedBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Pass the dataset folder as distributed by its owners as manual_dir; each reader in '
       'input_pipeline/reid/ documents its expected layout.')
+
+  @classmethod
+  def get_builder_config(cls, name: str, version=None) -> ReidConfig | None:
+    # Configs are made on demand, one per dataset and options, so tfds looks them up here
+    # instead of in BUILDER_CONFIGS (and does not treat them as unknown custom configs).
+    return _MADE_CONFIGS.get(name)
 
   def _info(self) -> tfds.core.DatasetInfo:
     features = tfds.features.FeaturesDict({

@@ -47,7 +47,8 @@ def _read_split(root: pathlib.Path, split: str, problems: list[str]) -> list[Rei
     else:
       records.append(ReidRecord(str(path), f'{split}/{path.name}', *parsed))
   if bad:
-    problems.append(f'{len(bad)} file(s) not named <pid>_c<cam>_<anything>: {bad}')
+    more = f' and {len(bad) - 20} more' if len(bad) > 20 else ''
+    problems.append(f'{len(bad)} file(s) not named <pid>_c<cam>_<anything>: {bad[:20]}{more}')
   elif not records:
     problems.append(f'{split}/ has no .jpg/.jpeg/.png images')
   return records
