@@ -41,14 +41,19 @@ def stage_features(stage: int) -> int:
 
 
 class Stem(nn.Module):
-  """conv1 7x7/2 pad 3 (no bias) -> bn1 -> ReLU -> max-pool 3/2 pad 1 (padding never wins: -inf)."""
+  """conv1 7x7/2 pad 3 (no bias) -> bn1 -> ReLU -> max-pool 3/2 pad 1 (padding never wins: -inf).
+
+  relu=False is the re-ID strong-baseline code's stem (BoT / NFormer), whose ReLU line is commented out.
+  """
   dtype: Any = jnp.float32
+  relu: bool = True
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = _conv(STEM_FEATURES, 7, 2, self.dtype, "conv1")(x)
     x = TorchBatchNorm(dtype=self.dtype, name="bn1")(x, train=train)
-    x = nn.relu(x)
+    if self.relu:
+      x = nn.relu(x)
     # reduce_window pads with the init value of max, -inf, as torch's max_pool2d does.
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
@@ -82,11 +87,12 @@ class ResNet(nn.Module):
   num_stages: int = 4   # run only stages 1..num_stages
   num_classes: int | None = None  # torchvision fc head after global average pooling
   dtype: Any = jnp.float32
+  stem_relu: bool = True  # False: the BoT / NFormer re-ID encoders' stem
 
   @nn.compact
   def __call__(self, x, train: bool = False) -> dict:
     self._check_config()
-    x = Stem(dtype=self.dtype, name="stem")(x, train=train)
+    x = Stem(dtype=self.dtype, relu=self.stem_relu, name="stem")(x, train=train)
     out = {"stem": x}
     stages = []
     for s in range(1, self.num_stages + 1):
