@@ -28,17 +28,8 @@ _JSON = flags.DEFINE_string("json_out", None, "Also write the report as JSON to 
 def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from jaxmatch.parity.core import ParityError, run_parity
-  try:
-    report = run_parity(_CONFIG.value, _REPO.value, _TORCH.value, _PICKLE.value, _SEED.value, _BATCH.value)
-  except ParityError as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    return 2
-  print(report.render(), flush=True)
-  if _JSON.value:
-    with open(_JSON.value, "w") as f:
-      f.write(report.to_json())
-  return 0 if report.passed else 1
+  from jaxmatch.parity.core import cli_run
+  return cli_run(_CONFIG.value, _REPO.value, _TORCH.value, _PICKLE.value, _SEED.value, _BATCH.value, _JSON.value)
 
 
 def run():

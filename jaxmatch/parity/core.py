@@ -219,14 +219,18 @@ def numpy_state_dict(model) -> dict[str, np.ndarray]:
   return to_numpy_tree(model.state_dict())
 
 
-def load_reference_weights(model, path: str, allow_pickle: bool = False) -> None:
-  """Loads a checkpoint into the official model (strictly), read through jaxmatch's weights_only reader."""
-  import torch
+def read_checkpoint(path: str, allow_pickle: bool = False) -> dict[str, np.ndarray]:
+  """{key: array} through jaxmatch's reader (weights_only unless `allow_pickle`)."""
   from jaxmatch.convert.torch_io import load_state_dict
   try:
-    state_dict = load_state_dict(path, allow_pickle=allow_pickle)
+    return load_state_dict(path, allow_pickle=allow_pickle)
   except (FileNotFoundError, ValueError, ImportError) as e:
     raise ParityError(str(e)) from e
+
+
+def load_reference_weights(model, state_dict: Mapping[str, np.ndarray], path: str) -> None:
+  """Loads the checkpoint's tensors into the official model, strictly (every key must fit)."""
+  import torch
   try:
     model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()},
                           strict=True)
@@ -285,13 +289,15 @@ def run_parity(config, reference_repo: str, torch_checkpoint: str | None = None,
     raise ParityError("the official code cannot run this config:\n  " + "\n  ".join(problems))
   modules = import_reference(reference_repo, adapter.modules, adapter.entry_points, adapter.repository,
                              adapter.install_hint)
+  # Read the file before the (slow) model build, so an unreadable file is reported at once.
+  checkpoint = read_checkpoint(torch_checkpoint, allow_pickle) if torch_checkpoint else None
   seconds: dict[str, float] = {}
   seed_everything(seed)
   with torch.no_grad(), _timed(seconds, "build reference"):
     model = adapter.build_reference(modules, config)
   model.eval()
-  if torch_checkpoint:
-    load_reference_weights(model, torch_checkpoint, allow_pickle)
+  if checkpoint is not None:
+    load_reference_weights(model, checkpoint, torch_checkpoint)
     weights = f"{torch_checkpoint} (loaded into the official model, then converted)"
   else:
     weights = f"random official initialisation (torch seed {seed}), converted"
@@ -319,3 +325,18 @@ def run_parity(config, reference_repo: str, torch_checkpoint: str | None = None,
   results = [compare_stage(s, ours[s.name], ref[s.name]) for s in adapter.stages(config)]
   return ParityReport(config.model.name, os.path.abspath(reference_repo), weights,
                       adapter.describe_inputs(inputs), results, seconds)
+
+
+def cli_run(config, reference_repo: str, torch_checkpoint: str | None = None, allow_pickle: bool = False,
+            seed: int = 0, batch_size: int = 1, json_out: str | None = None) -> int:
+  """What `python -m jaxmatch.parity` does: prints the report; returns 0 pass, 1 mismatch, 2 cannot run."""
+  try:
+    report = run_parity(config, reference_repo, torch_checkpoint, allow_pickle, seed, batch_size)
+  except ParityError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return 2
+  print(report.render(), flush=True)
+  if json_out:
+    with open(json_out, "w") as f:
+      f.write(report.to_json())
+  return 0 if report.passed else 1
