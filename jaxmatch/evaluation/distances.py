@@ -59,6 +59,17 @@ def sqeuclidean(x: jax.Array, y: jax.Array, y_sqnorm: jax.Array | None = None) -
   return (squared_norms(x)[:, None] + y_sqnorm[None, :]) - 2.0 * dots
 
 
+def tree_sum(x: jax.Array) -> jax.Array:
+  """Sum over the last axis by explicit pairwise halving, so the rounding is the same for every row count
+  and device count (XLA chooses its own reduction order per shape, which can differ by an ulp)."""
+  width = 1 << max(x.shape[-1] - 1, 0).bit_length()
+  x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, width - x.shape[-1])])
+  while x.shape[-1] > 1:
+    half = x.shape[-1] // 2
+    x = x[..., :half] + x[..., half:]
+  return x[..., 0]
+
+
 def pairwise_distance(x: jax.Array, y: jax.Array, metric: str) -> jax.Array:
   """[n, d] x [m, d] -> [n, m] under `metric` (see the module docstring)."""
   if metric == 'sqeuclidean':

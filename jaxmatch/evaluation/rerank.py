@@ -201,7 +201,7 @@ def _expansion_kernel(source_fn: Callable, num_source_rows: int, k_full: int, k_
     valid = members < n
     dist = _normalised(source_fn, (*src_rows, *src_shared))
     weight = jnp.where(valid, jnp.exp(-jnp.take_along_axis(dist, jnp.minimum(members, n - 1), axis=1)), 0.0)
-    value = _round_if(weight / jnp.sum(weight, axis=1, keepdims=True), f16)
+    value = _round_if(weight / dist_lib.tree_sum(weight)[:, None], f16)
     return members, jnp.where(valid, value, 0.0), jnp.sum(valid, axis=1, dtype=jnp.int32)
   return kernel
 

@@ -64,7 +64,7 @@ def rank_statistics(dist: jax.Array, q_pid, q_cam, g_pid, g_cam) -> dict[str, ja
       'first_rank': jnp.min(jnp.where(hit, kept_rank, big), axis=1),
       'last_rank': jnp.max(jnp.where(hit, kept_rank, 0), axis=1),
       'num_kept': kept_rank[:, -1],
-      'ap': jnp.sum(precision, axis=1) / jnp.maximum(num_matches, 1).astype(jnp.float32),
+      'ap': dist_lib.tree_sum(precision) / jnp.maximum(num_matches, 1).astype(jnp.float32),
   }
 
 

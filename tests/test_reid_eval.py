@@ -1,0 +1,337 @@
+"""Re-ID evaluation: parity with torchreid / TransReID / NFormer / fast-reid (fixtures/reid_eval), the
+classic CUHK03 protocol with the recorded random draws, k-reciprocal re-ranking against TransReID (float16)
+and torchreid (float32) and against a dense re-derivation, blocking and 8-device sharding invariance."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from conftest import load_fixture
+
+from jaxmatch.evaluation import distances, reid, rerank, retrieval
+from jaxmatch.train import parallel
+
+CASES = ('caseA', 'caseA_nojunk', 'caseB')
+IMPLEMENTATIONS = ('torchreid', 'transreid', 'nformer', 'fastreid')
+TOL = 1e-6
+
+
+@pytest.fixture(scope='module')
+def fx():
+  return load_fixture('reid_eval')
+
+
+def _case(fx, case):
+  return (fx[f'in/{case}/distmat'], fx[f'in/{case}/q_pids'], fx[f'in/{case}/g_pids'],
+          fx[f'in/{case}/q_camids'], fx[f'in/{case}/g_camids'])
+
+
+def synthetic_reid(num_ids=14, per_id=6, dim=24, seed=0, noise=0.7):
+  """Identity clusters with cameras; the first two images of each id are queries, the rest gallery."""
+  rs = np.random.RandomState(seed)
+  centres = rs.normal(size=(num_ids, dim))
+  pids = np.repeat(np.arange(num_ids) * 7 + 3, per_id)
+  feats = (np.repeat(centres, per_id, axis=0) + noise * rs.normal(size=(num_ids * per_id, dim)))
+  cams = rs.randint(1, 5, size=pids.shape[0])
+  is_query = np.tile(np.arange(per_id) < 2, num_ids)
+  f32 = feats.astype(np.float32)
+  return (f32[is_query], f32[~is_query], pids[is_query], pids[~is_query], cams[is_query], cams[~is_query])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Market protocol parity
+
+@pytest.mark.parametrize('case', CASES)
+def test_market_metrics_match_every_implementation(fx, case):
+  m = reid.evaluate_distances(*_case(fx, case), max_rank=50, block_size=7)   # 7 divides none of the sizes
+  for impl in IMPLEMENTATIONS:
+    np.testing.assert_allclose(m['cmc'], fx[f'out/{case}/{impl}/cmc'], rtol=0, atol=TOL, err_msg=impl)
+    assert abs(m['mAP'] - float(fx[f'out/{case}/{impl}/mAP'])) < TOL, impl
+  valid = fx[f'out/{case}/per_query/valid']
+  np.testing.assert_array_equal(m['valid'], valid)
+  assert m['num_valid_queries'] == int(fx[f'out/{case}/num_valid_q'])
+  np.testing.assert_allclose(m['per_query_ap'][valid], fx[f'out/{case}/fastreid/all_AP'], atol=TOL)
+  np.testing.assert_allclose(m['per_query_inp'][valid], fx[f'out/{case}/fastreid/all_INP'], atol=TOL)
+  assert abs(m['mINP'] - float(fx[f'out/{case}/fastreid/mINP'])) < TOL
+  np.testing.assert_allclose(m['per_query_ap'], fx[f'out/{case}/per_query/AP'], atol=TOL)   # NaN where invalid
+  np.testing.assert_array_equal(retrieval.per_query_cmc(m['first_match_rank'], 50),
+                                fx[f'out/{case}/per_query/cmc'])
+
+
+def test_case_b_skips_queries_without_a_valid_match(fx):
+  m = reid.evaluate_distances(*_case(fx, 'caseB'))
+  assert not m['valid'][:9].any() and m['valid'][9:].all()
+  assert np.isnan(m['per_query_ap'][:9]).all() and (m['first_match_rank'][:9] == 0).all()
+
+
+def test_junk_is_an_ordinary_non_match(fx):
+  """caseA_nojunk = caseA without its pid -1 columns; passing junk through lowers mAP, as the references do."""
+  with_junk = reid.evaluate_distances(*_case(fx, 'caseA'))
+  without = reid.evaluate_distances(*_case(fx, 'caseA_nojunk'))
+  assert with_junk['mAP'] < without['mAP'] - 0.3
+
+
+class RecordedDraws:
+  """Replays the values torchreid's np.random.choice returned, checking each call's candidate count.
+
+  caseA query 14 has an exact distance tie (gallery 35 and 77 at 0.7491286, pids 72 and 0; 30 and 67 in
+  caseA_nojunk): numpy's unstable argsort ranked 77 first, our stable sort ranks 35 first, so those two
+  entries swap kept positions. A recorded value off by one position is then replayed as the candidate
+  next to it, and counted.
+  """
+
+  def __init__(self, values, num_candidates):
+    self.values, self.num_candidates, self.calls, self.tie_swaps = values, num_candidates, 0, 0
+
+  def choice(self, candidates):
+    i = self.calls
+    assert len(candidates) == self.num_candidates[i], f'draw {i}: {len(candidates)} candidates'
+    self.calls += 1
+    value = int(self.values[i])
+    if value in candidates:
+      return value
+    nearest = min(candidates, key=lambda c: abs(c - value))
+    assert abs(nearest - value) == 1, f'draw {i}: recorded {value} not among {candidates}'
+    self.tie_swaps += 1
+    return nearest
+
+
+@pytest.mark.parametrize('case', CASES)
+def test_cuhk03_classic_replays_recorded_draws(fx, case):
+  draws = RecordedDraws(fx[f'rand/{case}/torchreid_cuhk03/choice'],
+                        fx[f'rand/{case}/torchreid_cuhk03/num_candidates'])
+  m = reid.evaluate_distances(*_case(fx, case), protocol='cuhk03_classic', rng=draws, block_size=16)
+  assert draws.calls == len(draws.values)
+  assert draws.tie_swaps <= (0 if case == 'caseB' else 2 * retrieval.CUHK03_REPEATS)
+  np.testing.assert_allclose(m['cmc'], fx[f'out/{case}/torchreid_cuhk03/cmc'], rtol=0, atol=TOL)
+  assert abs(m['mAP'] - float(fx[f'out/{case}/torchreid_cuhk03/mAP'])) < TOL
+
+
+def test_cuhk03_classic_random_state_zero_is_torchreid_seed_zero(fx):
+  m = reid.evaluate_distances(*_case(fx, 'caseB'), protocol='cuhk03_classic', rng=np.random.RandomState(0))
+  np.testing.assert_allclose(m['cmc'], fx['out/caseB/torchreid_cuhk03/cmc'], rtol=0, atol=TOL)
+
+
+def test_cuhk03_np_and_msmt17_use_the_market_protocol(fx):
+  market = reid.evaluate_distances(*_case(fx, 'caseA'))
+  for protocol in ('cuhk03_np', 'msmt17'):
+    other = reid.evaluate_distances(*_case(fx, 'caseA'), protocol=protocol)
+    np.testing.assert_array_equal(other['cmc'], market['cmc'])
+    assert other['mAP'] == market['mAP']
+
+
+def test_max_rank_is_capped_at_the_gallery_size(fx):
+  dist, qp, gp, qc, gc = _case(fx, 'caseB')
+  m = reid.evaluate_distances(dist[:, :30], qp, gp[:30], qc, gc[:30], max_rank=50)
+  assert m['cmc'].shape == (30,)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Distances
+
+def test_squared_euclidean_matches_transreid_and_torchreid(fx):
+  qf, gf = fx['in/rerank/qf'], fx['in/rerank/gf']
+  np.testing.assert_allclose(distances.distance_matrix(qf, gf, 'sqeuclidean', block_size=3),
+                             fx['out/rerank/transreid_euclidean_distance_qg'], atol=TOL)
+  np.testing.assert_allclose(distances.distance_matrix(gf, gf, 'sqeuclidean', block_size=7),
+                             fx['out/rerank/torchreid_sqdist_gg'], atol=TOL)
+
+
+def test_metrics_against_numpy():
+  qf, gf = synthetic_reid()[:2]
+  sq = ((qf[:, None, :].astype(np.float64) - gf[None]) ** 2).sum(-1)
+  np.testing.assert_allclose(distances.distance_matrix(qf, gf, 'euclidean', block_size=5), np.sqrt(sq),
+                             rtol=1e-5, atol=1e-5)
+  qn = qf / np.linalg.norm(qf, axis=1, keepdims=True)
+  gn = gf / np.linalg.norm(gf, axis=1, keepdims=True)
+  np.testing.assert_allclose(distances.distance_matrix(qf, gf, 'cosine'), 1 - qn @ gn.T, atol=1e-6)
+
+
+def test_features_path_equals_distance_matrix_path():
+  qf, gf, qp, gp, qc, gc = synthetic_reid()
+  for metric in distances.METRICS:
+    from_features = reid.evaluate_features(qf, gf, qp, gp, qc, gc, metric=metric, block_size=5)
+    from_matrix = reid.evaluate_distances(distances.distance_matrix(qf, gf, metric), qp, gp, qc, gc)
+    np.testing.assert_array_equal(from_features['cmc'], from_matrix['cmc'])
+    np.testing.assert_array_equal(from_features['per_query_ap'], from_matrix['per_query_ap'])
+
+
+def test_top_k_gallery_is_the_sorted_prefix():
+  qf, gf = synthetic_reid()[:2]
+  idx, dist = reid.top_k_gallery(qf, gf, 9, block_size=6)
+  full = distances.distance_matrix(qf, gf, 'euclidean')
+  np.testing.assert_array_equal(idx, np.argsort(full, axis=1, kind='stable')[:, :9])
+  np.testing.assert_allclose(dist, np.take_along_axis(full, idx, axis=1), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Re-ranking
+
+def test_rerank_float16_option_reproduces_transreid(fx):
+  qf, gf = fx['in/rerank/qf'], fx['in/rerank/gf']
+  for (k1, k2) in ((20, 6), (50, 15)):
+    out = rerank.rerank_features(qf, gf, k1=k1, k2=k2, lambda_value=0.3, float16_like_transreid=True,
+                                 block_size=16)
+    # float32-ulp level: the set decisions and every float16 rounding agree with TransReID.
+    np.testing.assert_allclose(out, fx[f'out/rerank/transreid_k1_{k1}_k2_{k2}'], rtol=0, atol=TOL)
+
+
+def test_rerank_float32_reproduces_torchreid(fx):
+  qf, gf = fx['in/rerank/qf'], fx['in/rerank/gf']
+  out = rerank.rerank_features(qf, gf, block_size=16)
+  np.testing.assert_allclose(out, fx['out/rerank/torchreid_fed_euclid_k1_20_k2_6'], rtol=0, atol=TOL)
+  # TransReID's float16 internals differ from float32 by up to 4.1e-3 (the fixture's own measurement).
+  assert np.abs(out - fx['out/rerank/transreid_k1_20_k2_6']).max() < 5e-3
+
+
+def test_rerank_distance_matrices_reproduce_torchreid_both_feedings(fx):
+  sq = [fx[f'out/rerank/torchreid_sqdist_{k}'] for k in ('qg', 'qq', 'gg')]
+  out = rerank.rerank_distance_matrices(*sq, block_size=24)
+  np.testing.assert_allclose(out, fx['out/rerank/torchreid_fed_sqdist_k1_20_k2_6'], rtol=0, atol=TOL)
+  euclid = [np.sqrt(np.maximum(x, 0)).astype(np.float32) for x in sq]
+  out = rerank.rerank_distance_matrices(*euclid, block_size=24)
+  np.testing.assert_allclose(out, fx['out/rerank/torchreid_fed_euclid_k1_20_k2_6'], rtol=0, atol=TOL)
+
+
+def dense_rerank(qf, gf, k1, k2, lam):
+  """The algorithm written densely over the whole (Q+G)^2 matrix, in float64 (an independent check)."""
+  feats = np.concatenate([qf, gf]).astype(np.float64)
+  n, nq = feats.shape[0], qf.shape[0]
+  sq = (feats ** 2).sum(1)
+  dist = sq[:, None] + sq[None, :] - 2 * feats @ feats.T
+  dist = dist / dist.max(axis=1, keepdims=True)
+  rank = np.argsort(dist, axis=1, kind='stable')
+
+  def reciprocal(i, k):
+    return [j for j in rank[i, :k] if i in rank[j, :k]]
+
+  half = int(np.around(k1 / 2)) + 1
+  v = np.zeros((n, n))
+  for i in range(n):
+    core = reciprocal(i, k1 + 1)
+    members = set(core)
+    for c in core:
+      cand = reciprocal(c, half)
+      if 3 * len(set(cand) & set(core)) > 2 * len(cand):
+        members |= set(cand)
+    members = sorted(members)
+    w = np.exp(-dist[i, members])
+    v[i, members] = w / w.sum()
+  if k2 > 1:
+    v = np.stack([v[rank[i, :k2]].mean(0) for i in range(n)])
+  overlap = np.minimum(v[:nq, None, :], v[None, nq:, :]).sum(-1)
+  jaccard = 1 - overlap / (2 - overlap)
+  return (1 - lam) * jaccard + lam * dist[:nq, nq:]
+
+
+@pytest.mark.parametrize('k1,k2,lam', [(5, 1, 0.3), (7, 4, 0.5)])   # k1=5: round(2.5) = 2; k2=1: no QE
+def test_rerank_matches_dense_rederivation(k1, k2, lam):
+  qf, gf = synthetic_reid(seed=3)[:2]
+  out = rerank.rerank_features(qf, gf, k1=k1, k2=k2, lambda_value=lam, block_size=9)
+  np.testing.assert_allclose(out, dense_rerank(qf, gf, k1, k2, lam), atol=1e-5)
+
+
+def test_rerank_sparse_width_is_bounded_by_k():
+  qf, gf = synthetic_reid(num_ids=20, seed=4)[:2]
+  config = rerank.RerankConfig(k1=6, k2=3)
+  source = rerank.feature_source(qf, gf)
+  reranked = rerank.prepare(source, qf.shape[0], config, block_size=8)
+  n = qf.shape[0] + gf.shape[0]
+  assert reranked.qe_idx.shape[0] == n
+  assert reranked.qe_idx.shape[1] <= config.k2 * (config.k1 + 1) * (config.half_k1 + 2) < n
+
+
+def test_round_to_float16_matches_numpy():
+  rs = np.random.RandomState(0)
+  x = np.concatenate([rs.uniform(0, 2, 4000), 10.0 ** rs.uniform(-9, 0, 4000), -rs.uniform(0, 1, 100),
+                      [0.0, 2.0 ** -14, 2.0 ** -24, 1.5 * 2.0 ** -24, 2.5 * 2.0 ** -24, 1 + 2.0 ** -11,
+                       1 + 3 * 2.0 ** -11, 0.7, 65519.0, 70000.0]]).astype(np.float32)
+  got = np.asarray(jax.jit(rerank.round_to_float16)(x))
+  with np.errstate(over='ignore'):
+    np.testing.assert_array_equal(got, x.astype(np.float16).astype(np.float32))
+
+
+def test_evaluate_features_with_rerank_equals_ranking_the_reranked_matrix():
+  qf, gf, qp, gp, qc, gc = synthetic_reid(seed=5)
+  options = {'k1': 8, 'k2': 3, 'lambda': 0.3}
+  fused = reid.evaluate_features(qf, gf, qp, gp, qc, gc, rerank=options, block_size=16)
+  matrix = rerank.rerank_features(qf, gf, k1=8, k2=3, lambda_value=0.3, block_size=16)
+  separate = reid.evaluate_distances(matrix, qp, gp, qc, gc)
+  np.testing.assert_array_equal(fused['cmc'], separate['cmc'])
+  np.testing.assert_allclose(fused['per_query_ap'], separate['per_query_ap'], atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Blocking and sharding invariance
+
+@pytest.mark.parametrize('block_size', [1, 3, 8, 1000])
+def test_blocked_equals_unblocked(fx, block_size):
+  one = reid.evaluate_distances(*_case(fx, 'caseB'), block_size=1000)
+  other = reid.evaluate_distances(*_case(fx, 'caseB'), block_size=block_size)
+  for key in ('cmc', 'per_query_ap', 'first_match_rank', 'valid'):
+    np.testing.assert_array_equal(other[key], one[key])
+
+
+def test_rerank_blocked_equals_unblocked():
+  qf, gf = synthetic_reid(seed=6)[:2]
+  whole = rerank.rerank_features(qf, gf, k1=8, k2=3, block_size=10_000)
+  blocked = rerank.rerank_features(qf, gf, k1=8, k2=3, block_size=13)   # divides neither 28 nor 84
+  np.testing.assert_array_equal(blocked, whole)
+
+
+def test_eight_devices_equal_one(fx):
+  assert jax.device_count() >= 8
+  mesh = parallel.make_mesh(8)
+  single = reid.evaluate_distances(*_case(fx, 'caseA'), block_size=16)
+  sharded = reid.evaluate_distances(*_case(fx, 'caseA'), block_size=16, mesh=mesh)
+  for key in ('cmc', 'per_query_ap', 'per_query_inp', 'first_match_rank'):
+    np.testing.assert_array_equal(sharded[key], single[key])
+  # From features the matmul's rounding may depend on the rows per device (a 1-row matvec differs from
+  # a matmul by an ulp), so distances agree to float32 precision and rankings exactly.
+  qf, gf, qp, gp, qc, gc = synthetic_reid(seed=7)
+  options = {'k1': 8, 'k2': 3, 'float16_like_transreid': True}
+  single = reid.evaluate_features(qf, gf, qp, gp, qc, gc, rerank=options, block_size=16)
+  sharded = reid.evaluate_features(qf, gf, qp, gp, qc, gc, rerank=options, block_size=16, mesh=mesh)
+  np.testing.assert_array_equal(sharded['cmc'], single['cmc'])
+  np.testing.assert_array_equal(sharded['first_match_rank'], single['first_match_rank'])
+  np.testing.assert_allclose(sharded['per_query_ap'], single['per_query_ap'], rtol=0, atol=1e-7)
+  idx8, _ = reid.top_k_gallery(qf, gf, 5, mesh=mesh)
+  np.testing.assert_array_equal(idx8, reid.top_k_gallery(qf, gf, 5)[0])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Errors
+
+def test_errors_name_what_was_expected(fx):
+  qf, gf, qp, gp, qc, gc = synthetic_reid()
+  with pytest.raises(ValueError, match='same dim'):
+    reid.evaluate_features(qf, gf[:, :5], qp, gp, qc, gc)
+  with pytest.raises(ValueError, match='query pids'):
+    reid.evaluate_features(qf, gf, qp[:-1], gp, qc[:-1], gc)
+  with pytest.raises(ValueError, match='gallery camids'):
+    reid.evaluate_features(qf, gf, qp, gp, qc, gc[:-1])
+  with pytest.raises(ValueError, match='1-D'):
+    reid.evaluate_features(qf, gf, qp[:, None], gp, qc, gc)
+  with pytest.raises(ValueError, match='unknown distance metric'):
+    reid.evaluate_features(qf, gf, qp, gp, qc, gc, metric='manhattan')
+  with pytest.raises(ValueError, match='unknown evaluation protocol'):
+    reid.evaluate_features(qf, gf, qp, gp, qc, gc, protocol='duke')
+  with pytest.raises(ValueError, match='pass rng'):
+    reid.evaluate_features(qf, gf, qp, gp, qc, gc, protocol='cuhk03_classic')
+  with pytest.raises(ValueError, match='unknown re-ranking options'):
+    reid.evaluate_features(qf, gf, qp, gp, qc, gc, rerank={'k3': 1})
+  with pytest.raises(ValueError, match='NaN'):
+    reid.evaluate_features(np.full_like(qf, np.nan), gf, qp, gp, qc, gc)
+  with pytest.raises(ValueError, match='no query has a gallery match'):
+    reid.evaluate_features(qf, gf, qp + 1, gp, qc, gc)
+  with pytest.raises(ValueError, match='max_rank'):
+    reid.evaluate_features(qf, gf, qp, gp, qc, gc, max_rank=0)
+  with pytest.raises(ValueError, match='k must be'):
+    reid.top_k_gallery(qf, gf, gf.shape[0] + 1)
+  with pytest.raises(ValueError, match='2-D'):
+    reid.evaluate_distances(np.zeros(5), qp, gp, qc, gc)
+  with pytest.raises(ValueError, match=r'q_g \[Q, G\]'):
+    rerank.rerank_distance_matrices(np.zeros((3, 4)), np.zeros((3, 3)), np.zeros((3, 3)))
+  with pytest.raises(ValueError, match='multiple of the 8 mesh devices'):
+    list(distances.map_row_blocks(lambda x: x, (np.zeros((4, 2)),), (), block_size=4,
+                                  mesh=parallel.make_mesh(8)))
