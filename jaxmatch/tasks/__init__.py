@@ -8,4 +8,7 @@ def build(config: ConfigDict, workdir: str):
   if config.task == "correspondence":
     from jaxmatch.tasks.correspondence import CorrespondenceTask
     return CorrespondenceTask(config, workdir)
-  raise ValueError(f"unknown config.task {config.task!r}; available: correspondence")
+  if config.task == "reid":
+    from jaxmatch.tasks.reid import ReidTask
+    return ReidTask(config, workdir)
+  raise ValueError(f"unknown config.task {config.task!r}; available: correspondence, reid")
