@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -126,6 +127,22 @@ def test_official_hard_coded_channels_are_reported(monkeypatch):
   with pytest.raises(ParityError, match=r"takes 26 correlation channels; this config \(ResNet-50, tap stages "
                                         r"\(3, 4\)\) gives 9"):
     run_parity(standin_config(), STANDIN)
+
+
+def test_a_rotary_library_without_the_api_the_official_code_calls_is_reported(monkeypatch):
+  from jaxmatch.parity.transformatcher import rotary_api_problems
+  fake = types.ModuleType("rotary_embedding_torch")
+
+  class RotaryEmbedding:  # the 0.5.0+ signature
+    def forward(self, t, seq_len=None, offset=0):
+      return t
+
+  fake.RotaryEmbedding = RotaryEmbedding
+  monkeypatch.setitem(sys.modules, "rotary_embedding_torch", fake)
+  [problem] = rotary_api_problems()
+  assert "cache_key" in problem and "rotary-embedding-torch<=0.4.0" in problem
+  RotaryEmbedding.forward = lambda self, t, cache_key=None: t  # the 0.1-0.4 signature
+  assert rotary_api_problems() == []
 
 
 def _write(folder, files: dict):

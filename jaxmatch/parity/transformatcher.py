@@ -29,6 +29,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.metadata
+import inspect
+import sys
 
 import jax
 import numpy as np
@@ -46,6 +49,22 @@ RTOL_BACKBONE = 1e-4
 RTOL_CORRELATION = 1e-4
 RTOL_HEAD = 1e-4
 RTOL_KEYPOINTS = 1e-4     # of the largest pixel coordinate: 0.024 px at 240 px
+
+
+def rotary_api_problems() -> list[str]:
+  """The official code calls RotaryEmbedding.forward(t, cache_key=...), which rotary-embedding-torch dropped in
+  0.5.0 (a TypeError deep inside the forward otherwise)."""
+  module = sys.modules.get("rotary_embedding_torch")
+  rotary = getattr(module, "RotaryEmbedding", None)
+  if rotary is None or "cache_key" in inspect.signature(rotary.forward).parameters:
+    return []
+  try:
+    version = importlib.metadata.version("rotary-embedding-torch")
+  except importlib.metadata.PackageNotFoundError:
+    version = "unknown"
+  return [f"rotary-embedding-torch {version} is installed, but the official code calls "
+          "RotaryEmbedding.forward(t, cache_key=...), which exists up to 0.4.0 only: "
+          "pip install 'rotary-embedding-torch<=0.4.0'"]
 
 
 def _stage_label(stage: int) -> str:
@@ -101,6 +120,7 @@ class TransforMatcherAdapter:
                       f"(ResNet-{config.model.backbone_depth}, tap stages {tuple(config.model.tap_stages)}) gives "
                       f"{ours}. The official code hard-codes 26 = ResNet-101 conv4_x + conv5_x: use the full "
                       "recipe (ResNet-101, 240 px)")
+    problems += rotary_api_problems()
     grid = TransforMatcherModel(config.model, int(config.data.img_size)).grid
     official = getattr(modules["geometry"].Geometry, "upsample_size", [grid])[0]
     if official != grid:
