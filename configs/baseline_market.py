@@ -49,7 +49,7 @@ def _data() -> ml_collections.ConfigDict:
                                          "cuhk03_np": "", "cuhk03_classic": "", "veri776": "",
                                          "vehicleid": "", "randperson": "", "occluded_duke": "",
                                          "own_folder": ""}),
-      options=ml_collections.ConfigDict({"msmt17": {"version": "V1"}}),
+      options=ml_collections.ConfigDict({"msmt17": {"version": "V1", "msmt17all": False}}),
       augment=ml_collections.ConfigDict(dict(
           interpolation="bilinear", test_interpolation="bilinear", flip_prob=0.5, pad=10, rotation=0.0,
           erasing="bot", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))),

@@ -79,32 +79,11 @@ class ReidTask:
     return max(1, int(tcfg.num_epochs) * self.steps_per_epoch)
 
   # --- evaluation ----------------------------------------------------------------------------------
-  def _embed_fn(self, mesh):
-    if id(mesh) not in self._embed_fns:
-      repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
-      self._embed_fns[id(mesh)] = jax.jit(self.model.embed, in_shardings=(repl, repl, data),
-                                          out_shardings=data)
-    return self._embed_fns[id(mesh)]
-
   def extract(self, params, model_state, mesh, split) -> np.ndarray:
     """Features [N, D] (float32, host) of every image of `split`, in record order."""
-    from input_pipeline.reid_data import make_iterator, reid_eval_dataset
-    d, e = self.config.data, self.config.eval
-    parallel.check_batch_divisible(e.batch_size, mesh)
-    ds = reid_eval_dataset(split, img_size=tuple(d.img_size), batch_size=parallel.per_process_batch(e.batch_size),
-                           shard_index=jax.process_index(), shard_count=jax.process_count(),
-                           flip=bool(e.flip_average), augment=d.augment)
-    embed = self._embed_fn(mesh)
-    feats, index = [], []
-    for batch in make_iterator(ds, num_workers=d.num_workers):
-      f = _gather(embed(params, model_state, parallel.to_global({"image": batch["image"]}, mesh)))
-      if e.flip_average:
-        f = f + _gather(embed(params, model_state, parallel.to_global({"image": batch["image_flip"]}, mesh)))
-      keep = _gather_host(batch["index"])
-      feats.append(f[keep >= 0])
-      index.append(keep[keep >= 0])
-    order = np.argsort(np.concatenate(index), kind="stable")
-    return np.concatenate(feats)[order]
+    if id(mesh) not in self._embed_fns:
+      self._embed_fns[id(mesh)] = jit_embed(self.model, mesh)
+    return extract_features(self._embed_fns[id(mesh)], params, model_state, mesh, split, self.config)
 
   def evaluate(self, params, model_state, mesh, workdir: str, step: int, tag: str,
                periodic: bool = False) -> dict:
@@ -157,6 +136,33 @@ class ReidTask:
     out = os.path.join(workdir, "eval", "figures")
     os.makedirs(out, exist_ok=True)
     save_png(os.path.join(out, f"{tag}_{dataset}_ranked.png"), _stack_rows(rows))
+
+
+def jit_embed(model, mesh):
+  """model.embed jitted with the batch sharded over the mesh and the variables replicated."""
+  repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
+  return jax.jit(model.embed, in_shardings=(repl, repl, data), out_shardings=data)
+
+
+def extract_features(embed, params, model_state, mesh, split, config: ConfigDict) -> np.ndarray:
+  """Test-time features [N, D] of every image of `split` (anything shaped like ReidSplit), in record
+  order; with config.eval.flip_average the features of the image and its mirror image are summed."""
+  from input_pipeline.reid_data import make_iterator, reid_eval_dataset
+  d, e = config.data, config.eval
+  parallel.check_batch_divisible(e.batch_size, mesh)
+  ds = reid_eval_dataset(split, img_size=tuple(d.img_size), batch_size=parallel.per_process_batch(e.batch_size),
+                         shard_index=jax.process_index(), shard_count=jax.process_count(),
+                         flip=bool(e.flip_average), augment=d.augment)
+  feats, index = [], []
+  for batch in make_iterator(ds, num_workers=d.num_workers):
+    f = _gather(embed(params, model_state, parallel.to_global({"image": batch["image"]}, mesh)))
+    if e.flip_average:
+      f = f + _gather(embed(params, model_state, parallel.to_global({"image": batch["image_flip"]}, mesh)))
+    keep = _gather_host(batch["index"])
+    feats.append(f[keep >= 0])
+    index.append(keep[keep >= 0])
+  order = np.argsort(np.concatenate(index), kind="stable")
+  return np.concatenate(feats)[order]
 
 
 def apply_embedded_schedule(config: ConfigDict) -> None:
