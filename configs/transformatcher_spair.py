@@ -55,9 +55,18 @@ def _train() -> ml_collections.ConfigDict:
       eval_before_training=True, num_devices=0, tensorboard=True))
 
 
+def benchmark(dataset: str, split: str = "test", thresholds: tuple[str, ...] = (),
+              alphas=(0.05, 0.1, 0.15)) -> ml_collections.ConfigDict:
+  """One evaluation entry: PCK of `dataset`'s `split` under each threshold kind (default: the official
+  one of the dataset; see jaxmatch.tasks.correspondence), read from `manual_dir` or the default place."""
+  return ml_collections.ConfigDict(dict(dataset=dataset, split=split, thresholds=tuple(thresholds) or
+                                        (dataset,), alphas=tuple(alphas), manual_dir=""))
+
+
 def _eval() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(split="test", batch_size=16, alphas=(0.05, 0.1, 0.15),
-                                        benchmark="spair", max_pairs=-1))
+  return ml_collections.ConfigDict(dict(
+      batch_size=16, max_pairs=-1, num_figures=4, headline="spair",
+      benchmarks=ml_collections.ConfigDict(dict(spair=benchmark("spair")))))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

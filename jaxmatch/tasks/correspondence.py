@@ -1,6 +1,20 @@
-"""Semantic correspondence task: keypoint-pair data, a matcher, PCK evaluation with per-category tables."""
+"""Semantic correspondence task: train on one keypoint-pair dataset, evaluate PCK on a list of benchmarks.
+
+Training reads `config.data.dataset` ('spair', 'pfpascal' or 'pfwillow'). Evaluation runs every entry of
+`config.eval.benchmarks` (name -> dataset, split, thresholds, alphas, optional manual_dir), e.g. the
+transfer setting trains on PF-PASCAL and evaluates SPair-71k test. Each benchmark can be scored under
+several PCK thresholds at once (PF-WILLOW: the official code's padded-keypoint threshold 'pfwillow'
+and the intended keypoint-box threshold 'pfwillow_bbox_kp'); every (benchmark, threshold) gets its
+own table, json and scalar keys 'pck@<alpha>/<label>', where the label is the benchmark name for the
+dataset's official threshold and name + suffix otherwise ('pfwillow_bbox_kp'). The plain 'pck@<alpha>'
+keys repeat the headline benchmark (`config.eval.headline`) under its first threshold. Periodic
+evaluations during training score the training dataset's validation split, as the official code
+validates every epoch. The first `config.eval.num_figures` pairs of each evaluation are drawn to
+workdir/eval/figures (keypoints with error lines; the source warped onto the target).
+"""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -10,11 +24,56 @@ from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
 from jaxmatch import models
-from jaxmatch.evaluation.pck import PCKAccumulator
-from jaxmatch.tasks.correspondence_data import prepare_sources
+from jaxmatch.evaluation.pck import ALPHAS, PCKAccumulator, pck_threshold
+from jaxmatch.tasks.correspondence_data import dataset_spec, prepare_sources
 from jaxmatch.train import parallel
 
 DEVICE_KEYS = ("src_img", "trg_img", "src_kps", "trg_kps", "kp_mask")
+THRESHOLD_LABELS = {
+    "spair": "alpha_bbox: max side of the target object box",
+    "pfpascal": "alpha_img: the (resized) image side",
+    "pfwillow": "alpha_bbox as the official code computes it: extent of the target keypoint row including "
+                "its -2 padding, i.e. max(x_max, y_max) + 2 (inflates PCK)",
+    "pfwillow_bbox_kp": "alpha_bbox-kp: max side of the target keypoints' bounding box (the intended "
+                        "threshold)",
+}
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+  name: str
+  dataset: str
+  split: str
+  thresholds: tuple[str, ...]
+  alphas: tuple[float, ...]
+  manual_dir: str = ""
+
+  def label(self, threshold: str) -> str:
+    """'pfwillow' + 'pfwillow_bbox_kp' -> 'pfwillow_bbox_kp'; the official kind -> the name itself."""
+    if threshold == dataset_spec(self.dataset).threshold:
+      return self.name
+    suffix = threshold[len(self.dataset):] if threshold.startswith(self.dataset) else f"_{threshold}"
+    return f"{self.name}{suffix}"
+
+
+def benchmarks_from_config(config: ConfigDict) -> list[Benchmark]:
+  """config.eval.benchmarks as Benchmarks, in name order; checks datasets, splits and thresholds."""
+  out = []
+  for name, b in sorted(config.eval.benchmarks.items()):
+    spec = dataset_spec(b.dataset)
+    if b.split not in spec.splits:
+      raise ValueError(f"benchmark {name!r}: dataset {b.dataset!r} has splits {spec.splits}, not {b.split!r}")
+    thresholds = tuple(b.get("thresholds") or (spec.threshold,))
+    unknown = [t for t in thresholds if t not in THRESHOLD_LABELS]
+    if unknown:
+      raise ValueError(f"benchmark {name!r}: unknown thresholds {unknown}; available: {sorted(THRESHOLD_LABELS)}")
+    out.append(Benchmark(name, b.dataset, b.split, thresholds, tuple(b.get("alphas") or ALPHAS),
+                         b.get("manual_dir", "") or ""))
+  if not out:
+    raise ValueError("config.eval.benchmarks is empty: name at least one benchmark to evaluate")
+  return out
 
 
 class CorrespondenceTask:
@@ -23,7 +82,20 @@ class CorrespondenceTask:
   def __init__(self, config: ConfigDict, workdir: str):
     self.config = config
     self.model = models.build(config)
-    self.sources, self.embedded = prepare_sources(config.data, workdir)
+    self.benchmarks = benchmarks_from_config(config)
+    headline = config.eval.get("headline") or self.benchmarks[0].name
+    if headline not in {b.name for b in self.benchmarks}:
+      raise ValueError(f"config.eval.headline {headline!r} is not one of the benchmarks "
+                       f"{[b.name for b in self.benchmarks]}")
+    self.headline = headline
+    train_ds = config.data.dataset
+    self.sources = {}
+    self.sources[train_ds], self.embedded = prepare_sources(config.data, workdir, train_ds)
+    for b in self.benchmarks:
+      if b.dataset not in self.sources:
+        used = {x.split for x in self.benchmarks if x.dataset == b.dataset}
+        self.sources[b.dataset], _ = prepare_sources(config.data, workdir, b.dataset,
+                                                     b.manual_dir or "", used)
     self._predict_fns = {}
 
   # --- what the shared loop calls -------------------------------------------------------------------
@@ -40,23 +112,25 @@ class CorrespondenceTask:
   def train_inputs(batch: dict) -> dict:
     return {k: batch[k] for k in DEVICE_KEYS}
 
-  def _dataset(self, split: str, batch_size: int, train: bool, seed: int, shard_index: int,
-               shard_count: int):
+  def _dataset(self, dataset: str, split: str, batch_size: int, train: bool, seed: int,
+               shard_index: int, shard_count: int):
     from input_pipeline.pairs import pair_dataset
     d = self.config.data
-    return pair_dataset(self.sources, split, img_size=d.img_size, batch_size=batch_size, train=train,
-                        augment=train and d.augment, seed=seed, max_kps=d.max_kps,
-                        shard_index=shard_index, shard_count=shard_count)
+    return pair_dataset(self.sources[dataset], split, img_size=d.img_size, batch_size=batch_size,
+                        train=train, augment=train and d.augment, seed=seed, max_kps=d.max_kps,
+                        shard_index=shard_index, shard_count=shard_count,
+                        threshold=dataset_spec(dataset).threshold)
 
   def train_iterator(self, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1):
     from input_pipeline.pairs import make_iterator
-    ds = self._dataset(self.config.data.train_split, batch_size, True, seed, shard_index, shard_count)
+    ds = self._dataset(self.config.data.dataset, self.config.data.train_split, batch_size, True, seed,
+                       shard_index, shard_count)
     return make_iterator(ds, num_workers=self.config.data.num_workers)
 
   def num_train_steps(self, tcfg: ConfigDict) -> int:
     if tcfg.num_steps > 0:
       return int(tcfg.num_steps)
-    pairs = len(self.sources[self.config.data.train_split])
+    pairs = len(self.sources[self.config.data.dataset][self.config.data.train_split])
     return max(1, tcfg.num_epochs * (pairs // tcfg.batch_size))
 
   # --- evaluation ----------------------------------------------------------------------------------
@@ -68,11 +142,11 @@ class CorrespondenceTask:
       self._predict_fns[key] = jax.jit(fn, in_shardings=(repl, repl, data), out_shardings=data)
     return self._predict_fns[key]
 
-  def _eval_batches(self, mesh, split: str):
+  def _eval_batches(self, mesh, bench: Benchmark):
     from input_pipeline.pairs import make_iterator
     ecfg = self.config.eval
     parallel.check_batch_divisible(ecfg.batch_size, mesh)
-    ds = self._dataset(split, parallel.per_process_batch(ecfg.batch_size), False, 0,
+    ds = self._dataset(bench.dataset, bench.split, parallel.per_process_batch(ecfg.batch_size), False, 0,
                        jax.process_index(), jax.process_count())
     seen = 0
     for batch in make_iterator(ds, num_workers=self.config.data.num_workers):
@@ -81,30 +155,90 @@ class CorrespondenceTask:
       seen += ecfg.batch_size
       yield batch
 
+  def _validation_benchmark(self) -> Benchmark:
+    d = self.config.data
+    head = next(b for b in self.benchmarks if b.name == self.headline)
+    return Benchmark(f"{d.dataset}_{d.val_split}", d.dataset, d.val_split,
+                     (dataset_spec(d.dataset).threshold,), head.alphas, d.manual_dir)
+
   def evaluate(self, params, model_state, mesh, workdir: str, step: int, tag: str,
                periodic: bool = False) -> dict:
-    """PCK on config.eval.split (periodic evaluations during training: config.data.val_split, as the
-    official code validates every epoch); on the fresh model also the raw-correlation argmax baseline."""
-    ecfg = self.config.eval
-    split = self.config.data.val_split if periodic else ecfg.split
+    """PCK on every benchmark (periodic evaluations during training: the training dataset's
+    config.data.val_split); on the fresh model also the raw-correlation argmax baseline."""
     methods = {"model": "predict"}
     if tag == "before":
       methods["raw_argmax_baseline"] = "predict_raw_argmax"
-    from input_pipeline.spair import SPAIR_CATEGORIES
-    accs = {m: PCKAccumulator(alphas=tuple(ecfg.alphas), category_names=SPAIR_CATEGORIES) for m in methods}
-    for batch in self._eval_batches(mesh, split):
+    benches = [self._validation_benchmark()] if periodic else self.benchmarks
+    headline = benches[0].name if periodic else self.headline
+    scalars = {}
+    for bench in benches:
+      results, tables = self._evaluate_benchmark(params, model_state, mesh, workdir, bench, methods, tag)
+      for m, per_threshold in results.items():
+        prefix = "" if m == "model" else f"{m}/"
+        for kind, result in per_threshold.items():
+          label = bench.label(kind)
+          numbers = {k: v for k, v in result.items() if isinstance(v, (int, float))}
+          scalars.update({f"{prefix}{k}/{label}": v for k, v in numbers.items()})
+          if bench.name == headline and kind == bench.thresholds[0]:
+            scalars.update({f"{prefix}{k}": v for k, v in numbers.items()})
+        _report(workdir, f"{tag}_{m}_{bench.name}", step, bench, per_threshold,
+                {kind: tables[(m, kind)] for kind in per_threshold})
+    return scalars
+
+  def _evaluate_benchmark(self, params, model_state, mesh, workdir, bench: Benchmark, methods: dict,
+                          tag: str) -> tuple[dict, dict]:
+    """({method: {threshold: PCK result}}, {(method, threshold): text table}) of one benchmark."""
+    names = dataset_spec(bench.dataset).category_names()
+    accs = {(m, kind): PCKAccumulator(alphas=bench.alphas, category_names=names)
+            for m in methods for kind in bench.thresholds}
+    figures_left = int(self.config.eval.get("num_figures", 0)) if jax.process_index() == 0 else 0
+    img_size = self.config.data.img_size
+    for batch in self._eval_batches(mesh, bench):
       inputs = parallel.to_global({k: batch[k] for k in DEVICE_KEYS}, mesh)
-      host_batch = _gather_host(batch)
+      host = _gather_host(batch)
+      thresholds = {kind: pck_threshold(kind, host["trg_kps"], host["kp_mask"], host["trg_bbox"],
+                                        img_size=img_size) for kind in bench.thresholds}
       for m, fn_name in methods.items():
         pred = _gather_device(self._jitted(fn_name, mesh)(params, model_state, inputs))
-        accs[m].add(pred, host_batch)
-    scalars = {}
-    for m, acc in accs.items():
-      result = acc.result()
-      prefix = "" if m == "model" else f"{m}/"
-      scalars.update({f"{prefix}{k}": v for k, v in result.items() if isinstance(v, (int, float))})
-      _report(workdir, f"{tag}_{m}", step, split, result, acc.format_table())
-    return scalars
+        for kind, thr in thresholds.items():
+          accs[(m, kind)].add(pred, {**host, "pck_thr": thr})
+        if m == "model" and figures_left > 0:
+          dense = _gather_device(self._jitted("predict_dense", mesh)(params, model_state, inputs))
+          alpha = 0.1 if 0.1 in bench.alphas else bench.alphas[0]
+          figures_left -= write_figures(os.path.join(workdir, "eval", "figures"), f"{tag}_{bench.name}",
+                                        host, pred, dense, alpha * thresholds[bench.thresholds[0]],
+                                        figures_left)
+    out = {}
+    for (m, kind), acc in accs.items():
+      out.setdefault(m, {})[kind] = acc.result()
+    return out, {key: acc.format_table() for key, acc in accs.items()}
+
+
+def denormalize(img: np.ndarray) -> np.ndarray:
+  """ImageNet-normalised float [H, W, 3] -> uint8 RGB."""
+  return np.clip(np.round((img * IMAGENET_STD + IMAGENET_MEAN) * 255), 0, 255).astype(np.uint8)
+
+
+def write_figures(folder: str, prefix: str, batch: dict, pred: np.ndarray, dense: np.ndarray,
+                  tolerance: np.ndarray, limit: int) -> int:
+  """Keypoint and warp PNGs for up to `limit` valid pairs of a host batch; returns how many were drawn.
+
+  `pred` [B, K, 2] predicted target keypoints, `dense` [B, g, g, 2] source position (pixels) of every
+  target grid cell, `tolerance` [B] the PCK distance (alpha * threshold) used to colour the keypoints.
+  """
+  from jaxmatch.visualize.correspondence import keypoint_figure, save_png, warp_figure
+  os.makedirs(folder, exist_ok=True)
+  drawn = 0
+  for i in np.flatnonzero(batch["valid"])[:limit]:
+    mask = np.asarray(batch["kp_mask"][i], bool)
+    src, trg = denormalize(batch["src_img"][i]), denormalize(batch["trg_img"][i])
+    stem = os.path.join(folder, f"{prefix}_{int(batch['pair_index'][i])}")
+    save_png(f"{stem}_keypoints.png", keypoint_figure(src, trg, batch["src_kps"][i][mask],
+                                                      batch["trg_kps"][i][mask], pred[i][mask],
+                                                      threshold=float(tolerance[i])))
+    save_png(f"{stem}_warp.png", warp_figure(src, trg, dense[i]))
+    drawn += 1
+  return drawn
 
 
 def _gather_host(batch: dict) -> dict:
@@ -119,14 +253,24 @@ def _gather_device(x) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def _report(workdir: str, name: str, step: int, split: str, result: dict, table: str) -> None:
+def _report(workdir: str, name: str, step: int, bench: Benchmark, per_threshold: dict,
+            tables: dict) -> None:
+  """workdir/eval/<name>.json and .txt: one table per threshold, each labelled with its definition."""
   if jax.process_index() != 0:
     return
-  header = f"PCK on '{split}' ({name}, step {step}, {result.get('num_pairs')} pairs)"
-  print(f"\n{header}\n{table}\n", flush=True)
+  blocks, payload = [], {}
+  for kind, result in per_threshold.items():
+    label = bench.label(kind)
+    header = (f"PCK on {bench.dataset} '{bench.split}' [{label}: {THRESHOLD_LABELS[kind]}] "
+              f"({name}, step {step}, {result.get('num_pairs')} pairs)")
+    blocks.append(f"{header}\n{tables[kind]}")
+    payload[label] = {"threshold": kind, "definition": THRESHOLD_LABELS[kind], **result}
+  text = "\n\n".join(blocks)
+  print(f"\n{text}\n", flush=True)
   out = os.path.join(workdir, "eval")
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, f"{name}.json"), "w", encoding="utf-8") as f:
-    json.dump({"step": step, "split": split, **result}, f, indent=2, default=float)
+    json.dump({"step": step, "benchmark": bench.name, "dataset": bench.dataset, "split": bench.split,
+               "results": payload}, f, indent=2, default=float)
   with open(os.path.join(out, f"{name}.txt"), "w", encoding="utf-8") as f:
-    f.write(header + "\n" + table + "\n")
+    f.write(text + "\n")

@@ -1,17 +1,57 @@
 """Where the correspondence data comes from: the user's real dataset, or the embedded synthetic one.
 
-A folder the user names must hold the real layout (an error otherwise, never a silent fallback). With no
-folder configured, the default location is used when present; else the embedded synthetic dataset (same
-on-disk layout, exact ground truth) is written into the workdir and the real builder reads it.
+Datasets: 'spair' (SPair-71k), 'pfpascal' (PF-PASCAL), 'pfwillow' (PF-WILLOW). A folder the user names
+must hold the real layout (an error otherwise, never a silent fallback). With no folder configured, the
+default location (<manual root>/<dataset folder>) is used when present; else the embedded synthetic
+dataset (same on-disk layout, exact ground truth) is written into the workdir and the real builder
+reads it. Each dataset is decided on its own, so a recipe may train on a real PF-PASCAL and evaluate on
+an embedded SPair (said loudly in the log).
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import logging
 import os
 
 from ml_collections import ConfigDict
 
-DATASET_FOLDERS = {"spair": "SPair-71k"}
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  folder: str          # name of the distributed folder
+  module: str          # input_pipeline module with validate_/prepare_/..._sources
+  stem: str            # function suffix in that module
+  threshold: str       # the official PCK threshold kind (jaxmatch.evaluation.pck.pck_threshold)
+  splits: tuple[str, ...]
+  categories: str      # name of the category tuple in that module
+
+  def function(self, prefix: str):
+    name = f"{prefix}_{self.stem}" if prefix in ("validate", "prepare") else f"{self.stem}_{prefix}"
+    if prefix == "validate":
+      name += "_layout"
+    return getattr(importlib.import_module(self.module), name)
+
+  def category_names(self) -> tuple[str, ...]:
+    return getattr(importlib.import_module(self.module), self.categories)
+
+
+DATASETS = {
+    "spair": DatasetSpec("SPair-71k", "input_pipeline.spair", "spair", "spair", ("trn", "val", "test"),
+                         "SPAIR_CATEGORIES"),
+    "pfpascal": DatasetSpec("PF-PASCAL", "input_pipeline.pfpascal", "pfpascal", "pfpascal",
+                            ("trn", "val", "test"), "PFPASCAL_CATEGORIES"),
+    "pfwillow": DatasetSpec("PF-WILLOW", "input_pipeline.pfwillow", "pfwillow", "pfwillow", ("test",),
+                            "PFWILLOW_CATEGORIES"),
+}
+DATASET_FOLDERS = {name: spec.folder for name, spec in DATASETS.items()}
+UNUSED_SPLIT_PAIRS = 2   # embedded splits nothing reads still exist, as in the real layout
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+  if name not in DATASETS:
+    raise ValueError(f"unknown dataset {name!r}; available: {sorted(DATASETS)}")
+  return DATASETS[name]
 
 
 def default_manual_root() -> str:
@@ -20,56 +60,76 @@ def default_manual_root() -> str:
                         os.path.join(os.path.expanduser("~"), "tensorflow_datasets", "downloads", "manual"))
 
 
-def _embedded_spair(data_cfg: ConfigDict, workdir: str) -> str:
-  from input_pipeline.synthetic_spair import write_synthetic_spair
-  root = os.path.join(workdir, "embedded_data")
-  folder = os.path.join(root, DATASET_FOLDERS["spair"])
-  if not os.path.isdir(folder):
-    emb = data_cfg.embedded
-    write_synthetic_spair(root, num_pairs={"trn": emb.trn, "val": emb.val, "test": emb.test}, seed=emb.seed)
-  return folder
-
-
-def configured_folder(data_cfg: ConfigDict) -> str | None:
+def configured_folder(dataset: str, manual_dir: str = "") -> str | None:
   """The real dataset folder to read (configured, or present at the default location); None: embedded."""
-  if data_cfg.dataset not in DATASET_FOLDERS:
-    raise ValueError(f"unknown config.data.dataset {data_cfg.dataset!r}; available: {sorted(DATASET_FOLDERS)}")
-  if data_cfg.manual_dir:
-    return data_cfg.manual_dir
-  default = os.path.join(default_manual_root(), DATASET_FOLDERS[data_cfg.dataset])
+  spec = dataset_spec(dataset)
+  if manual_dir:
+    return manual_dir
+  default = os.path.join(default_manual_root(), spec.folder)
   return default if os.path.isdir(default) else None
 
 
-def resolve_manual_dir(data_cfg: ConfigDict, workdir: str) -> tuple[str, bool]:
+def embedded_pair_counts(dataset: str, emb: ConfigDict, used_splits) -> dict[str, int]:
+  """Pairs per split of the embedded copy: the configured counts where a split is used."""
+  return {s: int(emb[s]) if s in used_splits else UNUSED_SPLIT_PAIRS for s in dataset_spec(dataset).splits}
+
+
+def write_embedded(dataset: str, root: str, counts: dict[str, int], seed: int) -> str:
+  """Writes the synthetic dataset under `root` in the distributed layout; returns its folder."""
+  if dataset == "spair":
+    from input_pipeline.synthetic_spair import write_synthetic_spair
+    return write_synthetic_spair(root, num_pairs=counts, seed=seed)
+  if dataset == "pfpascal":
+    from input_pipeline.synthetic_pf import write_synthetic_pfpascal
+    return write_synthetic_pfpascal(root, num_pairs=counts, seed=seed)
+  if dataset == "pfwillow":
+    from input_pipeline.synthetic_pf import write_synthetic_pfwillow
+    return write_synthetic_pfwillow(root, num_pairs=counts["test"], seed=seed)
+  raise ValueError(f"no embedded version of dataset {dataset!r}")
+
+
+def resolve_manual_dir(dataset: str, manual_dir: str, workdir: str, emb: ConfigDict,
+                       used_splits=("trn", "val", "test")) -> tuple[str, bool]:
   """Returns (dataset folder, is_embedded); a real folder must have the real layout."""
-  from input_pipeline.spair import validate_spair_layout
-  folder = configured_folder(data_cfg)
+  spec = dataset_spec(dataset)
+  folder = configured_folder(dataset, manual_dir)
   if folder is not None:
-    validate_spair_layout(folder)  # raises DatasetLayoutError naming the expected layout
+    spec.function("validate")(folder)  # raises DatasetLayoutError naming the expected layout
     return folder, False
-  default = os.path.join(default_manual_root(), DATASET_FOLDERS[data_cfg.dataset])
-  msg = (f"No {DATASET_FOLDERS[data_cfg.dataset]} found at {default} and none configured "
-         "(--config.data.manual_dir); running on the embedded synthetic dataset.")
+  default = os.path.join(default_manual_root(), spec.folder)
+  msg = (f"No {spec.folder} found at {default} and none configured; running on the embedded "
+         "synthetic dataset.")
   logging.warning(msg)
   print(msg, flush=True)
-  return _embedded_spair(data_cfg, workdir), True
+  root = os.path.join(workdir, "embedded_data")
+  embedded = os.path.join(root, spec.folder)
+  if not os.path.isdir(embedded):
+    write_embedded(dataset, root, embedded_pair_counts(dataset, emb, used_splits), int(emb.seed))
+  return embedded, True
 
 
-def prepare_sources(data_cfg: ConfigDict, workdir: str) -> tuple[dict, bool]:
-  """Builds (once) the TFDS ArrayRecord copy and returns its data sources plus is_embedded.
+def prepare_sources(data_cfg: ConfigDict, workdir: str, dataset: str | None = None,
+                    manual_dir: str | None = None,
+                    used_splits=("trn", "val", "test")) -> tuple[dict, bool]:
+  """Builds (once) the TFDS ArrayRecord copy of `dataset` (default config.data.dataset) and returns its
+  data sources plus is_embedded. `manual_dir` defaults to config.data.manual_dir for the training
+  dataset and to the default location for any other.
 
   In a multi-process job process 0 writes and prepares; the others wait at a barrier, then read.
   """
   import jax
   from jax.experimental import multihost_utils
 
-  from input_pipeline.spair import prepare_spair, spair_sources
-  embedded = configured_folder(data_cfg) is None
+  dataset = dataset or data_cfg.dataset
+  if manual_dir is None:
+    manual_dir = data_cfg.manual_dir if dataset == data_cfg.dataset else ""
+  spec = dataset_spec(dataset)
+  embedded = configured_folder(dataset, manual_dir) is None
   data_dir = data_cfg.data_dir or (os.path.join(workdir, "tfds") if embedded else
                                    os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
   if jax.process_index() == 0:
-    manual_dir, _ = resolve_manual_dir(data_cfg, workdir)
-    prepare_spair(manual_dir, data_dir)
+    folder, _ = resolve_manual_dir(dataset, manual_dir, workdir, data_cfg.embedded, used_splits)
+    spec.function("prepare")(folder, data_dir)
   if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("jaxmatch: dataset prepared")
-  return spair_sources(data_dir), embedded
+    multihost_utils.sync_global_devices(f"jaxmatch: {dataset} prepared")
+  return spec.function("sources")(data_dir), embedded
