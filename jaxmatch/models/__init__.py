@@ -15,4 +15,7 @@ def build(config: ConfigDict):
   if name == "transformatcher":
     from jaxmatch.models.transformatcher.model import TransforMatcherModel
     return TransforMatcherModel(config.model, img_size=config.data.img_size)
+  if name == "baseline":
+    from jaxmatch.models.reid.baseline import BaselineModel
+    return BaselineModel(config.model, img_size=config.data.img_size)
   raise ValueError(f"unknown config.model.name {name!r}; available: transformatcher")
