@@ -32,10 +32,18 @@ import ml_collections
 
 
 def _model() -> ml_collections.ConfigDict:
+  # Variants of the paper's ablations (the defaults are the official code's choices):
+  #   attention   additive | performer | linformer | softmax   (Table 3; softmax refuses above
+  #               max_attention_bytes, e.g. at 15^4 tokens, naming the memory it would need)
+  #   position    rotary | absolute | none                      (Table 2)
+  #   correlation multi | concat | mean                         (Table A2, single-channel maps)
+  # performer_features and linformer_k are not given by the paper or its code (see their modules).
   return ml_collections.ConfigDict(dict(
       name="transformatcher", backbone_depth=101, tap_stages=(3, 4), width=16, heads=8, head_dim=4,
       depth=6, mlp_ratio=4, upsample_factor=2, kernel_sigma=10.0, tau_train=0.1, tau_eval=0.05,
-      freeze_backbone=False, backbone_bn_train=True, same_backbone_init=True, dtype="float32"))
+      freeze_backbone=False, backbone_bn_train=True, same_backbone_init=True, dtype="float32",
+      attention="additive", position="rotary", correlation="multi", performer_features=256,
+      linformer_k=256, max_attention_bytes=8 * 2 ** 30, performer_eval_seed=0))
 
 
 def _data() -> ml_collections.ConfigDict:

@@ -123,12 +123,24 @@ NUM_BATCHES_REASON = ("BatchNorm num_batches_tracked: one scalar shared by both 
                       "momentum 0.1")
 
 
+OFFICIAL_VARIANT = {"attention": "additive", "position": "rotary", "correlation": "multi"}
+
+
+def check_official_variant(model_cfg) -> None:
+  """The official checkpoint layout exists only for the official variant (additive, rotary, multi)."""
+  other = {k: model_cfg.get(k, v) for k, v in OFFICIAL_VARIANT.items() if model_cfg.get(k, v) != v}
+  if other:
+    raise ValueError(f"official TransforMatcher checkpoints hold only the official variant {OFFICIAL_VARIANT}; "
+                     f"config.model asks for {other}, which the official code does not implement")
+
+
 def transformatcher_from_torch(state_dict: Mapping[str, np.ndarray], model_cfg) -> dict[str, Any]:
   """A whole official TransforMatcher state_dict -> {'params', 'batch_stats'} of TransforMatcher.
 
   The official backbone is one ResNet with groups=2 and every tensor doubled on dim 0: the first half of
   each tensor is the source stream, the second half the target stream (two separate parameter sets here).
   """
+  check_official_variant(model_cfg)
   from jaxmatch.convert.resnet import resnet_from_torch
   from jaxmatch.convert.torch_io import strip_prefix
   from jaxmatch.models.resnet import RESNET_STAGES
@@ -157,6 +169,7 @@ def transformatcher_to_torch(variables: Mapping, model_cfg) -> dict[str, np.ndar
   (`posenc`, `backbone.fc`) are written as zeros of their official shapes and `freqs` as the constants,
   so the result loads strictly into the official module (for the parity tool and round-trip tests).
   """
+  check_official_variant(model_cfg)
   from jaxmatch.convert.resnet import resnet_to_torch
   from jaxmatch.models.resnet import RESNET_STAGES
 

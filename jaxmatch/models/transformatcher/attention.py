@@ -14,6 +14,8 @@ Reference section 2.4. Per batch element and head h (T tokens, head_dim D = 4):
   11  concat heads (channel h*D + d) -> out = R W_o^T + b_o
 w_q (`to_q_attn_logits`), w_k (`to_k_attn_logits`) and W_r (`to_r`) are shared by all heads.
 The softmaxes run over ALL tokens, separately per batch element and head.
+With rotary=False (the paper's absolute-position variant, Tables 2-3) step 3 is the identity: the
+global sums use the un-rotated Q and K.
 
 Parameter names (flax) = the official sub-module names: to_qkv, to_q_attn_logits,
 to_k_attn_logits, to_r, to_out (Dense kernels are the transposed PyTorch weights).
@@ -53,6 +55,26 @@ def torch_linear_bias_init(fan_in: int):
   return init
 
 
+def rotary_for_heads(cos: Optional[jnp.ndarray], sin: Optional[jnp.ndarray], tokens: int,
+                     head_dim: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """The [T, R] rotary table as float32 [T, 1, R] (broadcasts over heads); built when not given."""
+  if cos is None or sin is None:
+    cos_np, sin_np = rotary_table(tokens)
+    cos, sin = jnp.asarray(cos_np), jnp.asarray(sin_np)
+  if cos.shape[0] != tokens or cos.shape[-1] > head_dim:
+    raise ValueError(f"rotary table {cos.shape} does not fit {tokens} tokens x head_dim {head_dim}")
+  return cos[:, None, :].astype(jnp.float32), sin[:, None, :].astype(jnp.float32)
+
+
+def rotate_leading(x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray) -> jnp.ndarray:
+  """Rotates the first R channels of x [B, T, H, D] by the [T, 1, R] table; the rest pass through.
+
+  As rotary_embedding_torch.apply_rotary_emb with the official dim=4 table (R = 4).
+  """
+  rot = cos.shape[-1]
+  return jnp.concatenate([apply_rotary(x[..., :rot], cos, sin), x[..., rot:]], axis=-1)
+
+
 def pair_sum(x: jnp.ndarray) -> jnp.ndarray:
   """einops reduce('... (d r) -> ... d', 'sum', r=2): sums adjacent channels (2j, 2j+1)."""
   return x.reshape(x.shape[:-1] + (x.shape[-1] // 2, 2)).sum(axis=-1)
@@ -65,12 +87,14 @@ class AdditiveAttention(nn.Module):
   head_dim: int = 4
   dtype: Any = jnp.float32
   precision: Any = None
+  rotary: bool = True
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, cos: Optional[jnp.ndarray] = None,
                sin: Optional[jnp.ndarray] = None) -> jnp.ndarray:
-    """`cos`/`sin`: [T, 4] rotary table (built from the token count when omitted); with
-    head_dim > 4 only the first 4 channels of each head rotate (as the official dim=4 rotary)."""
+    """`cos`/`sin`: [T, 4] rotary table (built from the token count when omitted; ignored when
+    rotary=False); with head_dim > 4 only the first 4 channels of each head rotate (as the
+    official dim=4 rotary)."""
     b, t, _ = x.shape
     h, d = self.heads, self.head_dim
     if d % 2:
@@ -79,14 +103,8 @@ class AdditiveAttention(nn.Module):
     f32 = jnp.float32
     scale = d ** -0.5
 
-    if cos is None or sin is None:
-      cos_np, sin_np = rotary_table(t)
-      cos, sin = jnp.asarray(cos_np), jnp.asarray(sin_np)
-    rot = cos.shape[-1]
-    if cos.shape[0] != t or rot > d:
-      raise ValueError(f"rotary table {cos.shape} does not fit {t} tokens x head_dim {d}")
-    cos = cos[:, None, :].astype(f32)   # [T, 1, D] broadcasts over heads
-    sin = sin[:, None, :].astype(f32)
+    if self.rotary:
+      cos, sin = rotary_for_heads(cos, sin, t, d)
 
     kinit = torch_linear_kernel_init()
     core = jax.lax.Precision.HIGHEST   # tiny float32 projections of the core: never TF32
@@ -97,9 +115,8 @@ class AdditiveAttention(nn.Module):
     q = q.reshape(b, t, h, d)
     k = k.reshape(b, t, h, d)
     v = v.reshape(b, t, h, d)
-    # as rotary_embedding_torch.apply_rotary_emb: only the first `rot` (= 4) channels rotate
-    q_rot = jnp.concatenate([apply_rotary(q[..., :rot], cos, sin), q[..., rot:]], axis=-1)
-    k_rot = jnp.concatenate([apply_rotary(k[..., :rot], cos, sin), k[..., rot:]], axis=-1)
+    q_rot = rotate_leading(q, cos, sin) if self.rotary else q
+    k_rot = rotate_leading(k, cos, sin) if self.rotary else k
 
     # steps 4-5: global query from un-rotated logits, rotated values
     q_logits = nn.Dense(1, use_bias=False, dtype=f32, param_dtype=f32, precision=core,

@@ -8,6 +8,18 @@ Per tap pair (F, F^) with C channels (NHWC here):
   4. stack the taps in tap order on the LAST axis -> [B, size, size, size, size, L].
 The ReLU is applied by Match2Match (the output here is pre-ReLU, as the fixtures store it).
 
+Single-channel variants (paper Table A2, not in the official code; `correlation_by_mode`):
+* 'multi'  (default) the L-channel map above;
+* 'concat' "concatenating the multi-layer features along the channel dimension prior to correlation
+  computation": every tap is first resized to size x size (they must share a grid to be concatenated;
+  bilinear align_corners, as the multi-channel path), the taps are concatenated per image
+  (23 x 1024 + 3 x 2048 = 29,696 channels for ResNet-101), and ONE cosine map of the concatenated
+  vectors is taken -> [..., 1], pre-ReLU. Each tap enters with its own magnitude (no per-tap
+  normalisation: with it, the cosine of the concatenation would just be the mean of the L cosines);
+* 'mean'   "taking the mean of the multi-channel correlation map": the map the paper defines is the
+  rectified one (ReLU of the cosines, Eq. 4), so this is mean_l ReLU(C_l) -> [..., 1] (already
+  non-negative; Match2Match's ReLU leaves it unchanged).
+
 The align-corners resize is written by hand (jax.image.resize has no align-corners mode) and
 reproduces PyTorch's CPU kernel: ratio = float32(in - 1) / float32(out - 1), source position
 ratio * i in float32, taps floor / floor + 1 (clamped), separable interpolation first along the
@@ -86,15 +98,55 @@ def correlation_map(src: jnp.ndarray, trg: jnp.ndarray, size: int,
   return jnp.einsum("bijc,bklc->bijkl", src, trg, precision=precision)
 
 
+def _check_taps(src_feats: Sequence[jnp.ndarray], trg_feats: Sequence[jnp.ndarray]) -> None:
+  if len(src_feats) != len(trg_feats):
+    raise ValueError(f"{len(src_feats)} source taps but {len(trg_feats)} target taps")
+  if not src_feats:
+    raise ValueError("a correlation needs at least one tap")
+
+
 def multilayer_correlation(src_feats: Sequence[jnp.ndarray], trg_feats: Sequence[jnp.ndarray],
                            size: int, precision=jax.lax.Precision.HIGHEST) -> jnp.ndarray:
   """Stacked per-tap cosine maps, [B, size, size, size, size, L] (L = number of taps), PRE-ReLU.
 
   Source cell (h1, w1), target cell (h2, w2); channel l = tap l in backbone order.
   """
-  if len(src_feats) != len(trg_feats):
-    raise ValueError(f"{len(src_feats)} source taps but {len(trg_feats)} target taps")
-  if not src_feats:
-    raise ValueError("multilayer_correlation needs at least one tap")
+  _check_taps(src_feats, trg_feats)
   maps = [correlation_map(s, t, size, precision) for s, t in zip(src_feats, trg_feats)]
   return jnp.stack(maps, axis=-1)
+
+
+CORRELATION_MODES = ("multi", "concat", "mean")
+
+
+def concat_correlation(src_feats: Sequence[jnp.ndarray], trg_feats: Sequence[jnp.ndarray], size: int,
+                       precision=jax.lax.Precision.HIGHEST) -> jnp.ndarray:
+  """Table A2 'concat': one cosine map of the channel-concatenated taps, [B, s, s, s, s, 1] pre-ReLU."""
+  _check_taps(src_feats, trg_feats)
+
+  def stacked(feats):
+    resized = [resize_bilinear_align_corners(f.astype(jnp.promote_types(f.dtype, jnp.float32)), (size, size))
+               for f in feats]
+    return l2_normalize(jnp.concatenate(resized, axis=-1))
+
+  src, trg = stacked(src_feats), stacked(trg_feats)
+  return jnp.einsum("bijc,bklc->bijkl", src, trg, precision=precision)[..., None]
+
+
+def mean_correlation(src_feats: Sequence[jnp.ndarray], trg_feats: Sequence[jnp.ndarray], size: int,
+                     precision=jax.lax.Precision.HIGHEST) -> jnp.ndarray:
+  """Table A2 'mean': mean over taps of the rectified cosine maps, [B, s, s, s, s, 1] (non-negative)."""
+  corr = multilayer_correlation(src_feats, trg_feats, size, precision)
+  return jnp.mean(jax.nn.relu(corr), axis=-1, keepdims=True)
+
+
+def correlation_by_mode(mode: str, src_feats: Sequence[jnp.ndarray], trg_feats: Sequence[jnp.ndarray],
+                        size: int, precision=jax.lax.Precision.HIGHEST) -> jnp.ndarray:
+  """The correlation Match2Match reads, chosen by config.model.correlation ('multi' | 'concat' | 'mean')."""
+  if mode == "multi":
+    return multilayer_correlation(src_feats, trg_feats, size, precision)
+  if mode == "concat":
+    return concat_correlation(src_feats, trg_feats, size, precision)
+  if mode == "mean":
+    return mean_correlation(src_feats, trg_feats, size, precision)
+  raise ValueError(f"config.model.correlation must be one of {CORRELATION_MODES}, got {mode!r}")

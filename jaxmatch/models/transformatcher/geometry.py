@@ -18,6 +18,10 @@ Keypoint transfer (`Geometry.transfer_kps_diff`):
  3. soft sampler: d_s = sqrt(|(g(s_x), g(s_y)) - k|^2 + 1e-5), w_s = max(tau - d_s, 0),
     w <- w / (sum_s w_s + 1e-5); prediction = sum_s w_s (x_s, y_s).
 tau = 0.1 in training, 0.05 at validation / test; sigma = 10 cells.
+
+Dense target -> source positions (`dense_source_positions`, not in the official code): the same kernel
+soft-argmax taken over the SOURCE cells of each target cell's column of corr, i.e. the official
+source -> target transfer applied to corr^T, returned in source-image pixels (e.g. to warp the source).
 """
 from __future__ import annotations
 
@@ -210,3 +214,20 @@ def transfer_keypoints(corr: jnp.ndarray, src_kps_norm: jnp.ndarray, mask: jnp.n
   weights = soft_sampler_weights(src_kps_norm.astype(jnp.float32), g, tau)   # [B, K, S]
   pred = jnp.sum(weights[..., None] * flow[:, None, :, :], axis=2)  # [B, K, 2]
   return jnp.where(mask[..., None], pred, pad_value)
+
+
+# ----------------------------------------------------------------------------- dense target -> source
+def dense_source_positions(corr: jnp.ndarray, img_size: int, grid: Optional[int] = None,
+                           sigma: float = SIGMA) -> jnp.ndarray:
+  """corr [B, S, T] -> [B, G, G, 2]: for target cell (y, x), the (x, y) source position in pixels.
+
+  Kernel soft-argmax over the source cells (rows of corr) of each target cell (column), symmetric to
+  `kernel_soft_argmax_flow`; normalised coordinates map to pixels as the keypoints do
+  (`unnormalize_kps`: v * S//2 + S//2 for an S x S image).
+  """
+  if corr.ndim != 3 or corr.shape[1] != corr.shape[2]:
+    raise ValueError(f"dense_source_positions expects square corr [B, G*G, G*G], got {corr.shape}")
+  g = _grid_size_of(corr, grid)
+  flow_x, flow_y = kernel_soft_argmax_flow(jnp.swapaxes(corr, 1, 2), g, sigma)
+  pos = unnormalize_kps(jnp.stack([flow_x, flow_y], axis=-1), img_size)
+  return pos.reshape(corr.shape[0], g, g, 2)

@@ -25,6 +25,13 @@ Flax parameter names and the official keys they come from (`L` = block index; ma
 Not parameters: the rotary table (a constant; official `pos_emb.freqs` buffers) and the
 official `posenc` tensor (never used by the official forward).
 
+Variants (paper Tables 2-3; the official code has only the default): `attention` picks the layer of
+every block ('additive' default, 'performer', 'linformer', 'softmax'; see `variants`) and `position`
+the position information ('rotary' default, 'absolute' adds the learnable `posenc` table to the
+embedded tokens, 'none'; see `positional`). Non-default choices add or replace parameters under the
+same `block_L/attn` names (Performer: none beyond to_qkv/to_out; Linformer: proj_k, proj_v; absolute:
+`position/posenc` [h1, w1, h2, w2, width]).
+
 Initialisation follows PyTorch's defaults (uniform +-1/sqrt(fan_in) for Linear weights and
 biases; LayerNorm 1, 0), so a from-scratch run starts from the official distribution.
 
@@ -33,16 +40,20 @@ block_L/out [B, T, width]; block_L/attn/{qkv, q_logits, global_q, k_logits, glob
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmatch.models.transformatcher.attention import (AdditiveAttention, torch_linear_bias_init,
-                                                       torch_linear_kernel_init)
+from jaxmatch.models.transformatcher.attention import torch_linear_bias_init, torch_linear_kernel_init
 from jaxmatch.models.transformatcher.geometry import upsample4d_align_corners
+from jaxmatch.models.transformatcher.linformer import DEFAULT_PROJECTED_LENGTH
+from jaxmatch.models.transformatcher.performer import DEFAULT_NUM_FEATURES
+from jaxmatch.models.transformatcher.positional import AbsolutePositionEmbedding, check_position_mode
 from jaxmatch.models.transformatcher.rotary import rotary_table
+from jaxmatch.models.transformatcher.vanilla import DEFAULT_MAX_ATTENTION_BYTES
+from jaxmatch.models.transformatcher.variants import check_attention, make_attention
 
 LN_EPS = 1e-5
 
@@ -59,19 +70,28 @@ def _layer_norm(name: str, dtype):
 
 
 class Match2MatchBlock(nn.Module):
-  """Pre-LN additive-attention block + pre-LN GELU MLP, both with residuals."""
+  """Pre-LN attention block (additive by default) + pre-LN GELU MLP, both with residuals.
+
+  `cos`/`sin` None: no rotary embedding (the absolute and no-position variants).
+  """
   width: int = 16
   heads: int = 8
   head_dim: int = 4
   mlp_ratio: int = 4
   dtype: Any = jnp.float32
   precision: Any = None
+  attention: str = "additive"
+  performer_features: int = DEFAULT_NUM_FEATURES
+  linformer_k: int = DEFAULT_PROJECTED_LENGTH
+  max_attention_bytes: int = DEFAULT_MAX_ATTENTION_BYTES
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, cos: Optional[jnp.ndarray],
+               sin: Optional[jnp.ndarray]) -> jnp.ndarray:
     y = _layer_norm("norm_attn", self.dtype)(x)
-    y = AdditiveAttention(self.width, self.heads, self.head_dim, self.dtype, self.precision,
-                          name="attn")(y, cos, sin)
+    y = make_attention(self.attention, self.width, self.heads, self.head_dim, self.dtype,
+                       self.precision, rotary=cos is not None, performer_features=self.performer_features,
+                       linformer_k=self.linformer_k, max_attention_bytes=self.max_attention_bytes)(y, cos, sin)
     x = x + y.astype(x.dtype)
     self.sow("intermediates", "after_attn", x)
     hidden = self.width * self.mlp_ratio
@@ -99,23 +119,35 @@ class Match2Match(nn.Module):
   upsample_factor: int = 2
   dtype: Any = jnp.float32
   precision: Any = None
+  attention: str = "additive"
+  position: str = "rotary"
+  performer_features: int = DEFAULT_NUM_FEATURES
+  linformer_k: int = DEFAULT_PROJECTED_LENGTH
+  max_attention_bytes: int = DEFAULT_MAX_ATTENTION_BYTES
 
   @nn.compact
   def __call__(self, corr: jnp.ndarray):
     if corr.ndim != 6:
       raise ValueError(f"Match2Match expects [B, h1, w1, h2, w2, L], got shape {corr.shape}")
+    check_attention(self.attention)
+    check_position_mode(self.position)
     b, h1, w1, h2, w2, n_ch = corr.shape
     tokens = h1 * w1 * h2 * w2
     x = jax.nn.relu(corr).reshape(b, tokens, n_ch)
     x = _dense(self.width, n_ch, "to_embedding", self.dtype, self.precision)(x)
     x = x.astype(jnp.float32)       # residual stream kept in float32
+    if self.position == "absolute":
+      x = AbsolutePositionEmbedding((h1, w1, h2, w2), name="position")(x)
     self.sow("intermediates", "embed", x)
 
-    cos_np, sin_np = rotary_table(tokens)
-    cos, sin = jnp.asarray(cos_np), jnp.asarray(sin_np)
+    cos = sin = None
+    if self.position == "rotary":
+      cos_np, sin_np = rotary_table(tokens)
+      cos, sin = jnp.asarray(cos_np), jnp.asarray(sin_np)
     for i in range(self.depth):
       x = Match2MatchBlock(self.width, self.heads, self.head_dim, self.mlp_ratio, self.dtype,
-                           self.precision, name=f"block_{i}")(x, cos, sin)
+                           self.precision, self.attention, self.performer_features, self.linformer_k,
+                           self.max_attention_bytes, name=f"block_{i}")(x, cos, sin)
 
     refined = _dense(1, self.width, "to_original", self.dtype, self.precision)(x)
     refined = refined[..., 0].astype(jnp.float32).reshape(b, h1, w1, h2, w2)
