@@ -14,7 +14,8 @@ from test_convert_cli import REPO, tiny_config
 TINY = ["--config=configs/transformatcher_spair.py:smoke", "--config.data.img_size=64",
         "--config.data.num_workers=0", "--config.data.embedded.trn=16", "--config.data.embedded.val=8",
         "--config.data.embedded.test=8", "--config.eval.batch_size=8", "--config.train.num_steps=4",
-        "--config.train.checkpoint_every=2", "--config.train.log_every=2", "--config.train.eval_every=2"]
+        "--config.train.checkpoint_every=2", "--config.train.log_every=2", "--config.train.eval_every=2",
+        "--config.eval.num_figures=0"]
 
 
 def _main(args, env_data, timeout=600):
@@ -35,13 +36,14 @@ def trained(tmp_path_factory):
 def test_train_prints_pck_before_and_after(trained):
   _, workdir, proc = trained
   assert "running on the embedded synthetic dataset" in proc.stdout
-  for name in ("before_model", "before_raw_argmax_baseline", "final_model"):
+  for name in ("before_model_spair", "before_raw_argmax_baseline_spair", "final_model_spair"):
     assert f"({name}," in proc.stdout
-    result = json.load(open(workdir / "eval" / f"{name}.json"))
+    result = json.load(open(workdir / "eval" / f"{name}.json"))["results"]["spair"]
     assert 0.0 <= result["pck@0.1"] <= 100.0 and result["num_pairs"] == 8
   assert "step 4/4" in proc.stderr  # progress bar
-  periodic = json.load(open(workdir / "eval" / "step2_model.json"))
-  assert periodic["split"] == "val" and periodic["num_pairs"] == 8  # validation during training
+  periodic = json.load(open(workdir / "eval" / "step2_model_spair_val.json"))
+  assert periodic["split"] == "val"  # validation during training
+  assert periodic["results"]["spair_val"]["num_pairs"] == 8
   steps = [json.loads(l)["step"] for l in open(workdir / "metrics.jsonl") if "train/loss" in l]
   assert steps == [2, 4]
   assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
@@ -51,18 +53,40 @@ def test_rerun_resumes_instead_of_restarting(trained):
   root, workdir, _ = trained
   proc = _main([*TINY, f"--workdir={workdir}"], root / "no_data_here")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "(before_model," not in proc.stdout  # the finished run is not evaluated as a fresh model
-  assert "(final_model, step 4" in proc.stdout
+  assert "(before_model_spair," not in proc.stdout  # the finished run is not evaluated as a fresh model
+  assert "(final_model_spair, step 4" in proc.stdout
 
 
 def test_eval_mode_uses_the_checkpoint(trained):
   root, workdir, _ = trained
   proc = _main([*TINY, f"--workdir={workdir}", "--mode=eval"], root / "no_data_here")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  final = json.load(open(workdir / "eval" / "final_model.json"))
+  final = json.load(open(workdir / "eval" / "final_model_spair.json"))["results"]["spair"]
   evaluated = json.load(open(workdir / "eval_result.json"))
   assert evaluated["step"] == 4
-  assert evaluated["pck@0.1"] == pytest.approx(final["pck@0.1"], abs=1e-9)
+  assert evaluated["pck@0.1/spair"] == pytest.approx(final["pck@0.1"], abs=1e-9)
+  assert evaluated["pck@0.1"] == evaluated["pck@0.1/spair"]  # the headline benchmark
+
+
+def test_pfpascal_recipe_end_to_end_on_embedded_data(tmp_path):
+  """Train on the embedded PF-PASCAL, evaluate PF-PASCAL test and PF-WILLOW under both thresholds."""
+  import importlib.util
+  figures = importlib.util.find_spec("jaxmatch.visualize") is not None
+  args = ["--config=configs/transformatcher_pfpascal.py:smoke,noaug", *TINY[1:], "--config.train.num_steps=2",
+          "--config.train.eval_every=0", f"--config.eval.num_figures={2 if figures else 0}",
+          f"--workdir={tmp_path / 'run'}"]
+  proc = _main(args, tmp_path / "no_data_here")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "No PF-PASCAL found" in proc.stdout and "No PF-WILLOW found" in proc.stdout
+  willow = json.load(open(tmp_path / "run" / "eval" / "final_model_pfwillow.json"))["results"]
+  assert set(willow) == {"pfwillow", "pfwillow_bbox_kp"} and willow["pfwillow"]["num_pairs"] == 8
+  assert willow["pfwillow"]["pck@0.1"] >= willow["pfwillow_bbox_kp"]["pck@0.1"]
+  pascal = json.load(open(tmp_path / "run" / "eval" / "final_model_pfpascal.json"))["results"]["pfpascal"]
+  assert pascal["num_pairs"] == 8 and 0.0 <= pascal["pck@0.1"] <= 100.0
+  if figures:   # the first 2 pairs of each evaluation (before and after training) of each benchmark
+    drawn = os.listdir(tmp_path / "run" / "eval" / "figures")
+    assert len([f for f in drawn if f.startswith("final_pfwillow_") and f.endswith("_warp.png")]) == 2
+    assert len(drawn) == 2 * 2 * 2 * 2
 
 
 def test_misspelled_override_names_the_key(tmp_path):
