@@ -113,10 +113,8 @@ def test_bnneck_bias_gets_no_gradient_and_stays_zero_after_optimizer_steps(tiny)
   assert np.any(np.asarray(grads["neck"]["bottleneck"]["scale"]) != 0)
   for opt in ("adam", "adamw", "sgd"):
     tx = make_optimizer(train_cfg(optimizer=opt, momentum=0.9), tiny.model.param_labels(params))
-    opt_state, p, update = tx.init(params), params, jax.jit(tx.update)
-    for _ in range(2):
-      updates, opt_state = update(tiny.grad(p, batch), opt_state, p)
-      p = optax.apply_updates(p, updates)
+    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    p = optax.apply_updates(params, updates)
     assert np.all(np.asarray(p["neck"]["bottleneck"]["bias"]) == 0), opt
     assert np.any(np.asarray(p["neck"]["bottleneck"]["scale"]) != 1.0), opt
 
@@ -263,6 +261,20 @@ def test_bad_config_is_named(kw, match):
 def test_bad_image_size_is_named():
   with pytest.raises(ValueError, match="img_size"):
     BaselineModel(model_cfg(), img_size=(32, 16, 3)).init_variables(jax.random.key(0))
+
+
+def test_official_stem_without_relu():
+  """stem_relu=False is the BoT/NFormer stem; it needs ResNet support and says so otherwise."""
+  from jaxmatch.models.reid.baseline import _resnet_supports_stem_relu
+  model = BaselineModel(model_cfg(stem_relu=False), img_size=IMG)
+  if not _resnet_supports_stem_relu():
+    with pytest.raises(NotImplementedError, match="stem_relu"):
+      model.init_variables(jax.random.key(0))
+    return
+  params, state = model.init_variables(jax.random.key(0))
+  with_relu = BaselineModel(model_cfg(), img_size=IMG)
+  batch = toy_batch()
+  assert not np.allclose(model.embed(params, state, batch), with_relu.embed(params, state, batch))
 
 
 def test_bnneck_rejects_unpooled_input():
