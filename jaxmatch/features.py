@@ -78,6 +78,9 @@ class _Restorable:
   def param_labels(self, params):
     return self.model.param_labels(params)
 
+  def load_pretrained(self, params, model_state):
+    return params, model_state  # the checkpoint replaces every weight
+
 
 def load_trained(workdir: str, step: int | None = None, mesh=None):
   """(config, model, params, model_state, step) of a workdir's checkpoint, on `mesh`."""
@@ -85,7 +88,6 @@ def load_trained(workdir: str, step: int | None = None, mesh=None):
   from jaxmatch.train import checkpoint as ckpt
   from jaxmatch.train import loop, parallel
   config = workdir_config(workdir)
-  config.model.pretrained = ""  # the checkpoint holds every weight
   model = models.build(config)
   mesh = mesh or parallel.make_mesh(None)
   state, _ = loop.init_state(_Restorable(model), config.train, mesh, int(config.train.seed))

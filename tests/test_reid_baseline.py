@@ -242,6 +242,11 @@ def test_pretrained_backbone_comes_from_a_torchvision_file(tmp_path):
                                 np.transpose(sd["conv1.weight"], (2, 3, 1, 0)))
   np.testing.assert_array_equal(stats["backbone"]["layer4_2"]["bn3"]["var"], sd["layer4.2.bn3.running_var"])
   assert "neck" in loaded  # the head keeps its fresh initialisation
+  params, state = BaselineModel(model_cfg(stage_sizes=None, pretrained=str(path)), img_size=IMG).load_pretrained(
+      {"neck": {}}, {"batch_stats": {"neck": {}}})
+  np.testing.assert_array_equal(params["backbone"]["stem"]["conv1"]["kernel"],
+                                np.transpose(sd["conv1.weight"], (2, 3, 1, 0)))
+  assert "neck" in state["batch_stats"]
   with pytest.raises(ValueError, match="stage_sizes"):
     BaselineModel(model_cfg(pretrained=str(path)), img_size=IMG).init_variables(jax.random.key(0))
 

@@ -18,4 +18,4 @@ def build(config: ConfigDict):
   if name == "baseline":
     from jaxmatch.models.reid.baseline import BaselineModel
     return BaselineModel(config.model, img_size=config.data.img_size)
-  raise ValueError(f"unknown config.model.name {name!r}; available: transformatcher")
+  raise ValueError(f"unknown config.model.name {name!r}; available: transformatcher, baseline")

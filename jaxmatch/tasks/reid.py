@@ -54,6 +54,9 @@ class ReidTask:
   def init_variables(self, rng):
     return self.model.init_variables(rng)
 
+  def load_pretrained(self, params, model_state):
+    return self.model.load_pretrained(params, model_state)
+
   def param_labels(self, params):
     return self.model.param_labels(params)
 

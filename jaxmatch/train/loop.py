@@ -57,6 +57,9 @@ def init_state(task, tx_config: ConfigDict, mesh, seed: int, total_steps: int = 
   """Params are born replicated on the mesh: init runs under jit with a replicated out_sharding."""
   repl = parallel.replicated(mesh)
   params, model_state = jax.jit(task.init_variables, out_shardings=repl)(jax.random.key(seed))
+  load_pretrained = getattr(task, "load_pretrained", None)
+  if load_pretrained is not None:  # host-side file reads stay out of the jitted init
+    params, model_state = jax.device_put(load_pretrained(params, model_state), repl)
   tx = make_optimizer(tx_config, task.param_labels(params), total_steps,
                       getattr(task, "steps_per_epoch", None))
   state = jax.jit(lambda p, m: create_state(p, m, tx), out_shardings=repl)(params, model_state)

@@ -172,11 +172,19 @@ class BaselineModel:
     # Batch of 2: init runs the train-free path, but keep shapes honest for BatchNorm.
     variables = self.module.init(net_rng, jnp.zeros((2, h, w, 3), jnp.float32), train=False)
     params, stats = dict(variables["params"]), dict(variables["batch_stats"])
-    if self.cfg.get("pretrained"):
-      params, stats = self._with_pretrained_backbone(params, stats)
+    if self.cfg.get("pretrained") and self.cfg.get("stage_sizes"):
+      raise ValueError("config.model.pretrained loads a torchvision ResNet; leave stage_sizes unset")
     if self.cfg.get("center_loss_weight", 0.0):
       params["centers"] = init_centers(center_rng, int(self.cfg.num_classes), self.feat_dim)
     return params, {"batch_stats": stats}
+
+  def load_pretrained(self, params, model_state):
+    """Host-side, after the jitted init (so ~100 MB of weights never become compile-time constants):
+    the ImageNet backbone of config.model.pretrained, or the variables unchanged when none is set."""
+    if not self.cfg.get("pretrained"):
+      return params, model_state
+    params, stats = self._with_pretrained_backbone(dict(params), dict(model_state["batch_stats"]))
+    return params, {**model_state, "batch_stats": stats}
 
   def _with_pretrained_backbone(self, params, stats):
     """ImageNet start as the official loader: every torchvision key but fc goes to the backbone."""
