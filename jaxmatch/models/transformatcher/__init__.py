@@ -1,19 +1,30 @@
-"""TransforMatcher (Kim, Min, Cho, CVPR 2022): correlation, match-to-match head, keypoint transfer."""
+"""TransforMatcher (Kim, Min, Cho, CVPR 2022): correlation, match-to-match head, keypoint transfer,
+and the paper's attention / position / correlation variants."""
 from jaxmatch.models.transformatcher.attention import AdditiveAttention
-from jaxmatch.models.transformatcher.correlation import (l2_normalize, multilayer_correlation,
+from jaxmatch.models.transformatcher.correlation import (concat_correlation, correlation_by_mode,
+                                                         l2_normalize, mean_correlation,
+                                                         multilayer_correlation,
                                                          resize_bilinear_align_corners)
-from jaxmatch.models.transformatcher.geometry import (TAU_EVAL, TAU_TRAIN, kernel_soft_argmax_flow,
-                                                      normalize_kps, soft_sampler_weights,
-                                                      transfer_keypoints, unnormalize_kps,
-                                                      upsample4d_align_corners)
+from jaxmatch.models.transformatcher.geometry import (TAU_EVAL, TAU_TRAIN, dense_source_positions,
+                                                      kernel_soft_argmax_flow, normalize_kps,
+                                                      soft_sampler_weights, transfer_keypoints,
+                                                      unnormalize_kps, upsample4d_align_corners)
+from jaxmatch.models.transformatcher.linformer import LinformerAttention
 from jaxmatch.models.transformatcher.loss import keypoint_loss
 from jaxmatch.models.transformatcher.match2match import Match2Match, Match2MatchBlock
+from jaxmatch.models.transformatcher.performer import (PerformerAttention, favor_attention,
+                                                       orthogonal_random_features)
+from jaxmatch.models.transformatcher.positional import AbsolutePositionEmbedding
 from jaxmatch.models.transformatcher.rotary import apply_rotary, rotary_angles, rotary_table
+from jaxmatch.models.transformatcher.vanilla import SoftmaxAttention
+from jaxmatch.models.transformatcher.variants import ATTENTIONS, make_attention
 
 __all__ = [
-    "AdditiveAttention", "Match2Match", "Match2MatchBlock", "TAU_EVAL", "TAU_TRAIN",
-    "apply_rotary", "keypoint_loss", "kernel_soft_argmax_flow", "l2_normalize",
-    "multilayer_correlation", "normalize_kps", "resize_bilinear_align_corners", "rotary_angles",
-    "rotary_table", "soft_sampler_weights", "transfer_keypoints", "unnormalize_kps",
-    "upsample4d_align_corners",
+    "ATTENTIONS", "AbsolutePositionEmbedding", "AdditiveAttention", "LinformerAttention", "Match2Match",
+    "Match2MatchBlock", "PerformerAttention", "SoftmaxAttention", "TAU_EVAL", "TAU_TRAIN",
+    "apply_rotary", "concat_correlation", "correlation_by_mode", "dense_source_positions",
+    "favor_attention", "keypoint_loss", "kernel_soft_argmax_flow", "l2_normalize", "make_attention",
+    "mean_correlation", "multilayer_correlation", "normalize_kps", "orthogonal_random_features",
+    "resize_bilinear_align_corners", "rotary_angles", "rotary_table", "soft_sampler_weights",
+    "transfer_keypoints", "unnormalize_kps", "upsample4d_align_corners",
 ]
