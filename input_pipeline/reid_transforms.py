@@ -281,7 +281,8 @@ def _plain(config) -> dict:
 
 
 def make_erasing(spec) -> RandomErasing | None:
-  if spec is None or spec is False:
+  """None / False / '' / 'none' (as a command-line override can only give a string): no erasing."""
+  if spec is None or spec is False or (isinstance(spec, str) and spec.lower() in ('', 'none')):
     return None
   if isinstance(spec, str):
     if spec not in ERASING_RECIPES:

@@ -515,6 +515,8 @@ def test_augment_config_composition_and_errors(image):
     T.ReidAugment((32,), None)
   custom = T.make_erasing({'recipe': 'bot', 'prob': 1.0, 'area': [0.1, 0.1]})
   assert custom.prob == 1.0 and custom.area == (0.1, 0.1) and custom.fill == 'mean'
+  for off in (None, False, '', 'none', 'None'):   # command-line overrides can only say 'none'
+    assert T.make_erasing(off) is None
 
 
 def test_bad_inputs_have_clear_errors(train_split):
