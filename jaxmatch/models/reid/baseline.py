@@ -10,8 +10,7 @@ config.model schema (ConfigDict):
   depth=50                 ResNet depth (50/101/152); `stage_sizes` overrides the blocks per stage
   stage_sizes=None         e.g. (1, 1, 1, 1) for a tiny test network
   last_stride=1            stride of layer4 (1: 16x8 map for 256x128 inputs; no dilation, as the code)
-  stem_relu=True           False: the official BoT/NFormer stem (no ReLU between bn1 and max-pool);
-                           needs a ResNet with a `stem_relu` field
+  stem_relu=True           False: the official BoT/NFormer stem (no ReLU between bn1 and max-pool)
   embed_dim=0              > 0: Linear(2048 -> embed_dim) before the neck (NFormer's encoder: 256)
   num_classes              number of training identities; set by the task from the training ids
   neck='bnneck'            'bnneck' (BN with frozen zero bias + bias-free classifier) | 'no' (classifier
@@ -67,10 +66,6 @@ def compute_dtype(name: str):
   return _DTYPES[name]
 
 
-def _resnet_supports_stem_relu() -> bool:
-  return "stem_relu" in {f.name for f in dataclasses.fields(ResNet)}
-
-
 class StrongBaseline(nn.Module):
   """images [B, H, W, 3] -> {'global_feat' (pre-neck), 'feat' (after the neck BN), 'logits'}."""
   num_classes: int
@@ -100,9 +95,8 @@ class StrongBaseline(nn.Module):
     return {"global_feat": global_feat, "feat": feat, "logits": logits}
 
   def _pooled(self, images, train: bool):
-    extra = {} if self.stem_relu else {"stem_relu": False}
-    blocks = ResNet(self.stage_sizes, last_stride=self.last_stride, dtype=self.dtype, name="backbone",
-                    **extra)(images, train=train)["blocks"]
+    blocks = ResNet(self.stage_sizes, last_stride=self.last_stride, dtype=self.dtype, stem_relu=self.stem_relu,
+                    name="backbone")(images, train=train)["blocks"]
     # Pool in float32: a mean over many bf16 values loses precision.
     return jnp.mean(blocks[-1][-1].astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
 
@@ -113,9 +107,6 @@ class StrongBaseline(nn.Module):
       raise ValueError(f"num_classes must be the number of training identities (>= 2), got {self.num_classes}")
     if len(self.stage_sizes) != 4:
       raise ValueError(f"stage_sizes needs 4 stages, got {tuple(self.stage_sizes)}")
-    if not self.stem_relu and not _resnet_supports_stem_relu():
-      raise NotImplementedError("stem_relu=False (the official BoT stem) needs "
-                                "jaxmatch.models.resnet.ResNet to have a `stem_relu` field")
 
 
 def l2_normalize(x):
