@@ -105,3 +105,20 @@ def test_missing_cross_dataset_is_a_clear_error(tmp_path):
 def test_extract_needs_a_trained_workdir(tmp_path):
   proc = _run("jaxmatch.extract", [f"--workdir={tmp_path}", f"--images={tmp_path}", "--output=x.npy"], tmp_path)
   assert proc.returncode == 1 and "config.json" in proc.stderr
+
+
+def test_embedded_schedule_merges_nested_fields_and_names_unknown_ones():
+  import ml_collections
+
+  from jaxmatch.config_utils import load_config
+  from jaxmatch.tasks.reid import apply_embedded_schedule
+  config = load_config(os.path.join(REPO, "configs", "baseline_market.py"))
+  config.embedded_schedule = ml_collections.ConfigDict(dict(
+      train=dict(batch_size=16, learning_rates=dict(head=1e-3)), data=dict(augment=dict(erasing="none"))))
+  apply_embedded_schedule(config)
+  assert config.train.batch_size == 16 and config.train.learning_rates.head == 1e-3
+  assert config.train.learning_rates.centers == 0.5          # untouched sibling fields stay
+  assert config.data.augment.erasing == "none" and config.data.augment.pad == 10
+  config.embedded_schedule = ml_collections.ConfigDict(dict(train=dict(batch_sise=16)))
+  with pytest.raises(ValueError, match="train.batch_sise"):
+    apply_embedded_schedule(config)

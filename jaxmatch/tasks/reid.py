@@ -169,17 +169,24 @@ def extract_features(embed, params, model_state, mesh, split, config: ConfigDict
 
 
 def apply_embedded_schedule(config: ConfigDict) -> None:
-  """The recipe's `embedded_schedule` (a CPU-sized schedule for the synthetic data) over its fields."""
+  """The recipe's `embedded_schedule` (a CPU-sized schedule for the synthetic data) over its fields;
+  nested sections (e.g. train.learning_rates) are merged field by field."""
   schedule = config.get("embedded_schedule")
   if not schedule:
     return
   changes = []
-  for section, fields in schedule.items():
+
+  def merge(target: ConfigDict, fields, path: str) -> None:
     for key, value in fields.items():
-      if key not in config[section]:
-        raise ValueError(f"config.embedded_schedule.{section}.{key}: config.{section} has no field {key!r}")
-      config[section][key] = value
-      changes.append(f"{section}.{key}={value}")
+      if key not in target:
+        raise ValueError(f"config.embedded_schedule.{path}{key}: config.{path}{key} does not exist")
+      if isinstance(target[key], ConfigDict) and hasattr(value, "items"):
+        merge(target[key], value, f"{path}{key}.")
+      else:
+        target[key] = value
+        changes.append(f"{path}{key}={value}")
+
+  merge(config, schedule, "")
   print("Embedded data: using the recipe's CPU schedule (" + ", ".join(changes) + ")", flush=True)
 
 
