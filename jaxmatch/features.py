@@ -17,6 +17,7 @@ from ml_collections import ConfigDict
 from input_pipeline.errors import DatasetLayoutError
 from input_pipeline.reid.market1501 import IMAGE_SUFFIXES, parse_pid_cam
 from input_pipeline.reid.sources import ReidSplit
+from jaxmatch.tasks.model_task import ModelTask
 
 
 class _FileSource:
@@ -66,17 +67,11 @@ def workdir_config(workdir: str) -> ConfigDict:
   return config
 
 
-class _Restorable:
+class _Restorable(ModelTask):
   """What loop.init_state needs to rebuild the train-state layout of a saved run."""
 
   def __init__(self, model, steps_per_epoch: int = 1):
     self.model, self.steps_per_epoch = model, steps_per_epoch
-
-  def init_variables(self, rng):
-    return self.model.init_variables(rng)
-
-  def param_labels(self, params):
-    return self.model.param_labels(params)
 
   def load_pretrained(self, params, model_state):
     return params, model_state  # the checkpoint replaces every weight

@@ -26,6 +26,7 @@ from ml_collections import ConfigDict
 from jaxmatch import models
 from jaxmatch.evaluation.pck import ALPHAS, PCKAccumulator, pck_threshold
 from jaxmatch.tasks.correspondence_data import dataset_spec, prepare_sources
+from jaxmatch.tasks.model_task import ModelTask
 from jaxmatch.train import parallel
 
 DEVICE_KEYS = ("src_img", "trg_img", "src_kps", "trg_kps", "kp_mask")
@@ -76,7 +77,7 @@ def benchmarks_from_config(config: ConfigDict) -> list[Benchmark]:
   return out
 
 
-class CorrespondenceTask:
+class CorrespondenceTask(ModelTask):
   unit = "pairs"
 
   def __init__(self, config: ConfigDict, workdir: str):
@@ -98,16 +99,7 @@ class CorrespondenceTask:
                                                      b.manual_dir or "", used)
     self._predict_fns = {}
 
-  # --- what the shared loop calls -------------------------------------------------------------------
-  def init_variables(self, rng):
-    return self.model.init_variables(rng)
-
-  def param_labels(self, params):
-    return self.model.param_labels(params)
-
-  def loss_fn(self, params, model_state, batch, rng):
-    return self.model.loss_fn(params, model_state, batch, rng)
-
+  # --- what the shared loop calls (init, groups and loss: ModelTask) -----------------------------------
   @staticmethod
   def train_inputs(batch: dict) -> dict:
     return {k: batch[k] for k in DEVICE_KEYS}

@@ -16,6 +16,7 @@ from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
 from jaxmatch import models
+from jaxmatch.tasks.model_task import ModelTask
 from jaxmatch.tasks.reid_data import ReidData
 from jaxmatch.train import parallel
 
@@ -29,7 +30,7 @@ def protocol_of(dataset: str) -> str:
   return PROTOCOLS.get(dataset, "market")
 
 
-class ReidTask:
+class ReidTask(ModelTask):
   unit = "images"
 
   def __init__(self, config: ConfigDict, workdir: str):
@@ -50,19 +51,7 @@ class ReidTask:
                                                      self.num_instances))
     self._embed_fns = {}
 
-  # --- what the shared loop calls -------------------------------------------------------------------
-  def init_variables(self, rng):
-    return self.model.init_variables(rng)
-
-  def load_pretrained(self, params, model_state):
-    return self.model.load_pretrained(params, model_state)
-
-  def param_labels(self, params):
-    return self.model.param_labels(params)
-
-  def loss_fn(self, params, model_state, batch, rng):
-    return self.model.loss_fn(params, model_state, batch, rng)
-
+  # --- what the shared loop calls (init, groups and loss: ModelTask) -----------------------------------
   @staticmethod
   def train_inputs(batch: dict) -> dict:
     return {k: batch[k] for k in TRAIN_KEYS}

@@ -80,14 +80,19 @@ def pair_sum(x: jnp.ndarray) -> jnp.ndarray:
   return x.reshape(x.shape[:-1] + (x.shape[-1] // 2, 2)).sum(axis=-1)
 
 
-class AdditiveAttention(nn.Module):
-  """Official TransforMatcher FastAttention. Input [B, T, dim] -> [B, T, dim]."""
+class HeadedAttention(nn.Module):
+  """The hyperparameters every attention variant shares: [B, T, dim] tokens, `heads` x `head_dim`
+  inner width, compute dtype, matmul precision, and whether Q/K are rotated by the rotary table."""
   dim: int = 16
   heads: int = 8
   head_dim: int = 4
   dtype: Any = jnp.float32
   precision: Any = None
   rotary: bool = True
+
+
+class AdditiveAttention(HeadedAttention):
+  """Official TransforMatcher FastAttention. Input [B, T, dim] -> [B, T, dim]."""
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, cos: Optional[jnp.ndarray] = None,

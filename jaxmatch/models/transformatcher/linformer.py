@@ -16,12 +16,13 @@ that this variant failed to train (SPair PCK 1.3), which it attributes to the lo
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmatch.models.transformatcher.attention import HeadedAttention
 from jaxmatch.models.transformatcher.multihead import (CORE_PRECISION, check_even_head_dim,
                                                        project_out, project_qkv)
 
@@ -48,14 +49,8 @@ def linformer_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, proj_k: 
   return jnp.einsum("bhtk,bkhd->bthd", weights, v_low, precision=CORE_PRECISION)
 
 
-class LinformerAttention(nn.Module):
+class LinformerAttention(HeadedAttention):
   """Multi-head Linformer self-attention, [B, T, dim] -> [B, T, dim]; T fixed by the parameters."""
-  dim: int = 16
-  heads: int = 8
-  head_dim: int = 4
-  dtype: Any = jnp.float32
-  precision: Any = None
-  rotary: bool = True
   projected_length: int = DEFAULT_PROJECTED_LENGTH
 
   @nn.compact

@@ -30,12 +30,13 @@ positive (the reference's numerical stabiliser).
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmatch.models.transformatcher.attention import HeadedAttention
 from jaxmatch.models.transformatcher.multihead import (CORE_PRECISION, check_even_head_dim,
                                                        project_out, project_qkv)
 
@@ -92,14 +93,8 @@ def favor_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, omega: jnp.n
   return num / den[..., None]
 
 
-class PerformerAttention(nn.Module):
+class PerformerAttention(HeadedAttention):
   """Multi-head FAVOR+ self-attention, [B, T, dim] -> [B, T, dim]; needs the 'performer' rng stream."""
-  dim: int = 16
-  heads: int = 8
-  head_dim: int = 4
-  dtype: Any = jnp.float32
-  precision: Any = None
-  rotary: bool = True
   num_features: int = DEFAULT_NUM_FEATURES
 
   @nn.compact

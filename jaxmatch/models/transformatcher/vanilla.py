@@ -9,12 +9,13 @@ the memory it would need BEFORE anything is allocated, whenever it exceeds `max_
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmatch.models.transformatcher.attention import HeadedAttention
 from jaxmatch.models.transformatcher.multihead import (CORE_PRECISION, check_even_head_dim,
                                                        project_out, project_qkv)
 
@@ -46,14 +47,8 @@ def softmax_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray) -> jnp.nda
   return jnp.einsum("bhqk,bkhd->bqhd", weights, v, precision=CORE_PRECISION)
 
 
-class SoftmaxAttention(nn.Module):
+class SoftmaxAttention(HeadedAttention):
   """Multi-head vanilla self-attention, [B, T, dim] -> [B, T, dim]."""
-  dim: int = 16
-  heads: int = 8
-  head_dim: int = 4
-  dtype: Any = jnp.float32
-  precision: Any = None
-  rotary: bool = True
   max_attention_bytes: int = DEFAULT_MAX_ATTENTION_BYTES
 
   @nn.compact
