@@ -270,6 +270,7 @@ def _load_config(path: pathlib.Path, root: pathlib.Path) -> dict:
   try:
     config = loadmat(path)
   except (NotImplementedError, ValueError, OSError) as err:
+    # scipy raises NotImplementedError for MATLAB v7.3 (HDF5) files; the configs are distributed as v5.
     raise _layout_error(root, [f'{path.name} is not a readable MATLAB v5 file: {err}']) from err
   missing = [k for k in CONFIG_FIELDS if k not in config]
   if missing:

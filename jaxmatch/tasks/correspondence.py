@@ -20,7 +20,6 @@ import os
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
 from jaxmatch import models
@@ -187,15 +186,15 @@ class CorrespondenceTask(ModelTask):
     img_size = self.config.data.img_size
     for batch in self._eval_batches(mesh, bench):
       inputs = parallel.to_global({k: batch[k] for k in DEVICE_KEYS}, mesh)
-      host = _gather_host(batch)
+      host = parallel.gather_rows(batch)
       thresholds = {kind: pck_threshold(kind, host["trg_kps"], host["kp_mask"], host["trg_bbox"],
                                         img_size=img_size) for kind in bench.thresholds}
       for m, fn_name in methods.items():
-        pred = _gather_device(self._jitted(fn_name, mesh)(params, model_state, inputs))
+        pred = parallel.gather_rows(self._jitted(fn_name, mesh)(params, model_state, inputs))
         for kind, thr in thresholds.items():
           accs[(m, kind)].add(pred, {**host, "pck_thr": thr})
         if m == "model" and figures_left > 0:
-          dense = _gather_device(self._jitted("predict_dense", mesh)(params, model_state, inputs))
+          dense = parallel.gather_rows(self._jitted("predict_dense", mesh)(params, model_state, inputs))
           alpha = 0.1 if 0.1 in bench.alphas else bench.alphas[0]
           figures_left -= write_figures(os.path.join(workdir, "eval", "figures"), f"{tag}_{bench.name}",
                                         host, pred, dense, alpha * thresholds[bench.thresholds[0]],
@@ -231,18 +230,6 @@ def write_figures(folder: str, prefix: str, batch: dict, pred: np.ndarray, dense
     save_png(f"{stem}_warp.png", warp_figure(src, trg, dense[i]))
     drawn += 1
   return drawn
-
-
-def _gather_host(batch: dict) -> dict:
-  if jax.process_count() == 1:
-    return batch
-  return {k: np.asarray(multihost_utils.process_allgather(v, tiled=True)) for k, v in batch.items()}
-
-
-def _gather_device(x) -> np.ndarray:
-  if jax.process_count() == 1:
-    return np.asarray(jax.device_get(x))
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _report(workdir: str, name: str, step: int, bench: Benchmark, per_threshold: dict,

@@ -12,7 +12,6 @@ import os
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
 from jaxmatch import models
@@ -147,10 +146,10 @@ def extract_features(embed, params, model_state, mesh, split, config: ConfigDict
                          flip=bool(e.flip_average), augment=d.augment)
   feats, index = [], []
   for batch in make_iterator(ds, num_workers=d.num_workers):
-    f = _gather(embed(params, model_state, parallel.to_global({"image": batch["image"]}, mesh)))
-    if e.flip_average:
-      f = f + _gather(embed(params, model_state, parallel.to_global({"image": batch["image_flip"]}, mesh)))
-    keep = _gather_host(batch["index"])
+    views = ("image", "image_flip") if e.flip_average else ("image",)
+    f = sum(parallel.gather_rows(embed(params, model_state, parallel.to_global({"image": batch[v]}, mesh)))
+            for v in views)
+    keep = parallel.gather_rows(batch["index"])
     feats.append(f[keep >= 0])
     index.append(keep[keep >= 0])
   order = np.argsort(np.concatenate(index), kind="stable")
@@ -214,18 +213,6 @@ def _stack_rows(rows: list[np.ndarray]) -> np.ndarray:
   width = max(r.shape[1] for r in rows)
   padded = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
   return np.concatenate(padded, axis=0)
-
-
-def _gather(x) -> np.ndarray:
-  if jax.process_count() == 1:
-    return np.asarray(jax.device_get(x))
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def _gather_host(x: np.ndarray) -> np.ndarray:
-  if jax.process_count() == 1:
-    return np.asarray(x)
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def format_table(results: dict) -> str:

@@ -82,3 +82,12 @@ def replicate_tree(tree: Any, mesh: Mesh) -> Any:
 def fetch(tree: Any) -> Any:
   """Global (replicated or sharded, fully addressable) arrays -> numpy."""
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def gather_rows(tree: Any) -> Any:
+  """Data-sharded global arrays or host-local batches -> numpy with every process's rows, in process
+  order (evaluation needs the whole split on every host). One process: just a copy to the host."""
+  if jax.process_count() == 1:
+    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+  from jax.experimental import multihost_utils
+  return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), tree)
