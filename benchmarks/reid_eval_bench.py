@@ -80,8 +80,7 @@ def run_once(feats, with_rerank: bool, mesh, budget: int) -> dict:
     reranked = rerank.prepare(rerank.feature_source(qf, gf), qf.shape[0], config, block_size=_BLOCK.value,
                               mesh=mesh, memory_budget=budget)
     timings['rerank_prepare_s'] = time.perf_counter() - t0
-    per_row = (rerank.rerank_bytes_per_row(qf.shape[0] + gf.shape[0], gf.shape[0], reranked.qe_idx.shape[1])
-               + 24 * gf.shape[0])
+    per_row = reranked.bytes_per_row() + 24 * gf.shape[0]
     metrics = reid.evaluate_blocked(reranked.distances(), qp, gp, qc, gc, mesh=mesh, block_size=_BLOCK.value,
                                     memory_budget=budget, bytes_per_row=per_row)
     timings['sparse_width_v_qe'] = int(reranked.qe_idx.shape[1])

@@ -241,6 +241,39 @@ def test_rerank_sparse_width_is_bounded_by_k():
   assert reranked.qe_idx.shape[1] <= config.k2 * (config.k1 + 1) * (config.half_k1 + 2) < n
 
 
+@pytest.mark.parametrize('k1,k2,lam', [(8, 3, 0.3), (20, 6, 0.3), (5, 1, 0.6)])
+def test_sparse_jaccard_equals_dense_path(k1, k2, lam):
+  qf, gf = synthetic_reid(seed=8)[:2]
+  config = rerank.RerankConfig(k1=k1, k2=k2, lambda_value=lam)
+  reranked = rerank.prepare(rerank.feature_source(qf, gf), qf.shape[0], config, block_size=16)
+
+  def run(dist):
+    return distances.gather_row_blocks(dist.fn, dist.rows, dist.shared, block_size=7)
+
+  # The same float32 sums in the same (ascending column) order: the CPU applies scatter updates in order.
+  np.testing.assert_array_equal(run(reranked.distances(sparse=True)), run(reranked.distances(sparse=False)))
+  assert reranked.use_sparse() and reranked.capacity % 128 == 0
+
+
+def test_sparse_jaccard_is_refused_for_float16_rounding():
+  qf, gf = synthetic_reid(seed=8)[:2]
+  config = rerank.RerankConfig(k1=5, k2=2, float16_like_transreid=True)
+  reranked = rerank.prepare(rerank.feature_source(qf, gf), qf.shape[0], config, block_size=16)
+  assert not reranked.use_sparse()
+  with pytest.raises(ValueError, match='dense Jaccard'):
+    reranked.distances(sparse=True)
+
+
+def test_column_index_lists_every_gallery_entry_by_column():
+  g_idx = np.array([[0, 2, 5], [2, 3, 5], [1, 5, 5]], np.int32)   # 5 = padding (N)
+  g_val = np.array([[.1, .2, 0], [.3, .4, 0], [.5, 0, 0]], np.float32)
+  index = rerank.ColumnIndex.build(g_idx, g_val, 5)
+  np.testing.assert_array_equal(index.ptr, [0, 1, 2, 4, 5, 5, 5])
+  np.testing.assert_array_equal(index.rows, [0, 2, 0, 1, 1])
+  np.testing.assert_allclose(index.vals, [.1, .5, .2, .3, .4])
+  np.testing.assert_array_equal(index.entries_per_row(np.array([[2, 5], [0, 1]])), [2, 2])
+
+
 def test_round_to_float16_matches_numpy():
   rs = np.random.RandomState(0)
   x = np.concatenate([rs.uniform(0, 2, 4000), 10.0 ** rs.uniform(-9, 0, 4000), -rs.uniform(0, 1, 100),
@@ -294,6 +327,11 @@ def test_eight_devices_equal_one(fx):
   sharded = reid.evaluate_features(qf, gf, qp, gp, qc, gc, rerank=options, block_size=16, mesh=mesh)
   np.testing.assert_array_equal(sharded['cmc'], single['cmc'])
   np.testing.assert_array_equal(sharded['first_match_rank'], single['first_match_rank'])
+  np.testing.assert_allclose(sharded['per_query_ap'], single['per_query_ap'], rtol=0, atol=1e-7)
+  options = {'k1': 8, 'k2': 3}   # float32: the sparse Jaccard path
+  single = reid.evaluate_features(qf, gf, qp, gp, qc, gc, rerank=options, block_size=16)
+  sharded = reid.evaluate_features(qf, gf, qp, gp, qc, gc, rerank=options, block_size=16, mesh=mesh)
+  np.testing.assert_array_equal(sharded['cmc'], single['cmc'])
   np.testing.assert_allclose(sharded['per_query_ap'], single['per_query_ap'], rtol=0, atol=1e-7)
   idx8, _ = reid.top_k_gallery(qf, gf, 5, mesh=mesh)
   np.testing.assert_array_equal(idx8, reid.top_k_gallery(qf, gf, 5)[0])

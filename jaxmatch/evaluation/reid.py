@@ -76,8 +76,7 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, *, metric: str
   config = rerank_lib.RerankConfig.from_dict(rerank)
   reranked = rerank_lib.prepare(rerank_lib.feature_source(qf, gf, metric), qf.shape[0], config,
                                 block_size=block_size, mesh=mesh, memory_budget=memory_budget)
-  per_row = (rerank_lib.rerank_bytes_per_row(qf.shape[0] + gf.shape[0], gf.shape[0], reranked.qe_idx.shape[1])
-             + _ranking_bytes_per_row(gf.shape[0]))
+  per_row = reranked.bytes_per_row() + _ranking_bytes_per_row(gf.shape[0])
   return evaluate_blocked(reranked.distances(), q_pids, g_pids, q_camids, g_camids, bytes_per_row=per_row,
                           **kwargs)
 
