@@ -28,6 +28,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxmatch.evaluation import distances as dist_lib
+from jaxmatch.train import parallel
 
 CUHK03_REPEATS = 10
 _REMOVED, _KEPT, _MATCH = 0, 1, 2
@@ -100,7 +101,7 @@ def query_statistics(dist: dist_lib.BlockedDistance, q_pids, g_pids, q_camids, g
                      mesh: Mesh | None = None) -> dict[str, np.ndarray]:
   """rank_statistics for every query, in blocks of `block_size` query rows."""
   q_ids, g_ids = _ids(dist, q_pids, g_pids, q_camids, g_camids)
-  pieces = [(stop - start, jax.tree.map(np.asarray, jax.device_get(out))) for start, stop, out in
+  pieces = [(stop - start, parallel.gather_rows(out)) for start, stop, out in
             _per_query(rank_statistics, dist, q_ids, g_ids, block_size=block_size, mesh=mesh)]
   return {k: np.concatenate([p[k][:n] for n, p in pieces]) for k in pieces[0][1]}
 
@@ -164,7 +165,7 @@ def cuhk03_classic_cmc(dist: dist_lib.BlockedDistance, q_pids, g_pids, q_camids,
   q_raw = np.asarray(q_pids)
   rows = []
   for start, stop, order in _per_query(kept_order, dist, q_ids, g_ids, block_size=block_size, mesh=mesh):
-    order = np.asarray(jax.device_get(order))
+    order = parallel.gather_rows(order)
     for q in range(start, stop):
       row = _classic_query_cmc(order[q - start], g_raw, q_raw[q], rng, max_rank)
       if row is not None:
