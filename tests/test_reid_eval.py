@@ -294,6 +294,31 @@ def test_evaluate_features_with_rerank_equals_ranking_the_reranked_matrix():
   np.testing.assert_allclose(fused['per_query_ap'], separate['per_query_ap'], atol=1e-7)
 
 
+def test_match_ranks_equal_a_stable_sort_with_many_ties():
+  rs = np.random.RandomState(12)
+  nq, ng = 30, 200
+  dist = rs.randint(0, 12, (nq, ng)).astype(np.float32) / 4    # 12 distinct values: ties everywhere
+  qp, gp = rs.randint(0, 5, nq), rs.randint(0, 5, ng)
+  qc, gc = rs.randint(0, 3, nq), rs.randint(0, 3, ng)
+  stats = retrieval.query_statistics(distances.matrix_distances(dist), qp, gp, qc, gc, block_size=7)
+  for q in range(nq):
+    order = np.argsort(dist[q], kind='stable')
+    removed = (gp[order] == qp[q]) & (gc[order] == qc[q])
+    match = (gp[order] == qp[q]) & ~removed
+    kept_rank = np.cumsum(~removed)
+    expected = kept_rank[match]
+    assert stats['num_matches'][q] == expected.size and stats['num_kept'][q] == (~removed).sum()
+    np.testing.assert_array_equal(stats['match_ranks'][q, :expected.size], expected)
+    assert not stats['match_ranks'][q, expected.size:].any()
+
+
+def test_max_matches_per_query_counts_other_camera_matches():
+  q_ids = (np.array([0, 1, 2]), np.array([0, 0, 1]))
+  g_ids = (np.array([0, 0, 0, 1, 1, 2]), np.array([0, 1, 1, 0, 1, 1]))
+  assert retrieval.max_matches_per_query(q_ids, g_ids) == 2      # query 0: pid 0 on camera 1, twice
+  assert retrieval.max_matches_per_query((np.array([2]), np.array([1])), g_ids) == 1   # none: width 1
+
+
 # ---------------------------------------------------------------------------------------------------
 # Blocking and sharding invariance
 

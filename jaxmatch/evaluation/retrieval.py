@@ -12,10 +12,11 @@ CUHK03-NP uses this protocol too. The classic CUHK03 protocol (torchreid `eval_c
 takes CMC as the mean over 10 draws of one random gallery image per identity; its draws need a host
 random generator, so that part runs on the host over rankings computed on the device.
 
-On the device each query row is sorted once along the gallery axis (distance as key, a keep/match code
-carried along; a stable sort, so exact ties rank by gallery index, where numpy's unstable argsort is
-unspecified). Per query the device returns integers (matches, first and last match rank, kept count)
-and the float32 AP sum; the host forms CMC exactly and averages AP / INP in float64.
+On the device nothing is sorted along the gallery axis (a sort of every query row dominated evaluation
+time): the ranking order is ascending distance with exact ties broken by gallery index (a stable sort's
+order, where numpy's unstable argsort is unspecified), and per query the device returns only integers,
+the kept rank of every match in that order (rank_statistics). The host forms CMC exactly and AP / INP in
+float64 from those ranks, as the references do.
 """
 from __future__ import annotations
 
@@ -50,23 +51,72 @@ def _codes(dist: jax.Array, q_pid, q_cam, g_pid, g_cam) -> jax.Array:
   return jnp.where(removed, _REMOVED, jnp.where(match, _MATCH, _KEPT)).astype(jnp.int8)
 
 
-def rank_statistics(dist: jax.Array, q_pid, q_cam, g_pid, g_cam) -> dict[str, jax.Array]:
-  """Per query row of dist [b, G]: matches, first/last match rank and kept count (int32), AP (float32)."""
-  _, code = jax.lax.sort((dist, _codes(dist, q_pid, q_cam, g_pid, g_cam)), dimension=1, is_stable=True,
-                         num_keys=1)
-  kept, hit = code != _REMOVED, code == _MATCH
-  kept_rank = jnp.cumsum(kept, axis=1, dtype=jnp.int32)
-  hits = jnp.cumsum(hit, axis=1, dtype=jnp.int32)
-  num_matches = hits[:, -1]
-  precision = jnp.where(hit, hits.astype(jnp.float32) / jnp.maximum(kept_rank, 1).astype(jnp.float32), 0.0)
-  big = jnp.iinfo(jnp.int32).max
+def _matches_before(match_d: jax.Array, match_idx: jax.Array, dist: jax.Array) -> jax.Array:
+  """[b, G]: how many of the (distance, index)-sorted matches precede each gallery entry in the stable
+  order. A binary search on the distance, then the matches at exactly the same distance with a smaller
+  gallery index (a loop that usually ends at once: exact ties are rare)."""
+  m = match_d.shape[1]
+  before = jax.vmap(lambda keys, values: jnp.searchsorted(keys, values, side='left'))(match_d, dist)
+  before = before.astype(jnp.int32)
+  index = jnp.arange(dist.shape[1], dtype=jnp.int32)[None, :]
+
+  def tied_at(offset):
+    j = jnp.minimum(before + offset, m - 1)
+    tied = (before + offset < m) & (jnp.take_along_axis(match_d, j, axis=1) == dist)
+    return tied, tied & (jnp.take_along_axis(match_idx, j, axis=1) < index)
+
+  def body(state):
+    offset, extra, _ = state
+    tied, earlier = tied_at(offset)
+    return offset + 1, extra + earlier, jnp.any(tied)
+
+  _, extra, _ = jax.lax.while_loop(lambda state: state[2], body,
+                                   (jnp.int32(0), jnp.zeros_like(before), jnp.bool_(True)))
+  return before + extra
+
+
+@functools.lru_cache(maxsize=None)
+def rank_statistics_fn(max_matches: int) -> Callable:
+  """rank_statistics for at most `max_matches` matches per query (a static shape)."""
+  def fn(dist, q_pid, q_cam, g_pid, g_cam):
+    return rank_statistics(dist, q_pid, q_cam, g_pid, g_cam, max_matches)
+  return fn
+
+
+def rank_statistics(dist: jax.Array, q_pid, q_cam, g_pid, g_cam, max_matches: int) -> dict[str, jax.Array]:
+  """Per query row of dist [b, G]: matches and kept count (int32), and the kept rank (1-based) of every
+  match in ranking order, [b, max_matches] int32 (0 past the query's matches).
+
+  No sort of the gallery: the matches are the max_matches smallest (distance, index) keys among the
+  query's matches (top_k keeps the lower index first on equal values), every other kept entry is placed
+  among them by binary search, and a histogram of those places gives the non-matches before each match.
+  """
+  code = _codes(dist, q_pid, q_cam, g_pid, g_cam)
+  hit, kept = code == _MATCH, code != _REMOVED
+  neg, match_idx = jax.lax.top_k(jnp.where(hit, -dist, -jnp.inf), max_matches)
+  match_d = -neg                                             # +inf past the query's matches
+  place = _matches_before(match_d, match_idx.astype(jnp.int32), dist)
+  b = dist.shape[0]
+  others = jnp.zeros((b, max_matches + 1), jnp.int32).at[jnp.arange(b)[:, None], place].add(
+      (kept & ~hit).astype(jnp.int32))
+  num_matches = jnp.sum(hit, axis=1, dtype=jnp.int32)
+  order = jnp.arange(max_matches, dtype=jnp.int32)[None, :]
+  ranks = jnp.cumsum(others, axis=1, dtype=jnp.int32)[:, :max_matches] + order + 1
   return {
       'num_matches': num_matches,
-      'first_rank': jnp.min(jnp.where(hit, kept_rank, big), axis=1),
-      'last_rank': jnp.max(jnp.where(hit, kept_rank, 0), axis=1),
-      'num_kept': kept_rank[:, -1],
-      'ap': dist_lib.tree_sum(precision) / jnp.maximum(num_matches, 1).astype(jnp.float32),
+      'num_kept': jnp.sum(kept, axis=1, dtype=jnp.int32),
+      'match_ranks': jnp.where(order < num_matches[:, None], ranks, 0),
   }
+
+
+def max_matches_per_query(q_ids, g_ids) -> int:
+  """The most gallery matches (same pid, other camera) any query has: the static width of match_ranks."""
+  (qp, qc), (gp, gc) = q_ids, g_ids
+  num_cams = int(max(qc.max(initial=0), gc.max(initial=0))) + 1
+  same_pid = np.bincount(gp, minlength=int(qp.max(initial=0)) + 1)[qp] if gp.size else np.zeros_like(qp)
+  pair = np.bincount(gp.astype(np.int64) * num_cams + gc, minlength=(int(qp.max(initial=0)) + 1) * num_cams)
+  same_cam = pair[qp.astype(np.int64) * num_cams + qc]
+  return max(int((same_pid - same_cam).max(initial=0)), 1)
 
 
 def kept_order(dist: jax.Array, q_pid, q_cam, g_pid, g_cam) -> jax.Array:
@@ -101,8 +151,9 @@ def query_statistics(dist: dist_lib.BlockedDistance, q_pids, g_pids, q_camids, g
                      mesh: Mesh | None = None) -> dict[str, np.ndarray]:
   """rank_statistics for every query, in blocks of `block_size` query rows."""
   q_ids, g_ids = _ids(dist, q_pids, g_pids, q_camids, g_camids)
+  what = rank_statistics_fn(max_matches_per_query(q_ids, g_ids))
   pieces = [(stop - start, parallel.gather_rows(out)) for start, stop, out in
-            _per_query(rank_statistics, dist, q_ids, g_ids, block_size=block_size, mesh=mesh)]
+            _per_query(what, dist, q_ids, g_ids, block_size=block_size, mesh=mesh)]
   return {k: np.concatenate([p[k][:n] for n, p in pieces]) for k in pieces[0][1]}
 
 
@@ -118,19 +169,23 @@ def _ids(dist: dist_lib.BlockedDistance, q_pids, g_pids, q_camids, g_camids):
 
 
 def market_metrics(stats: dict[str, np.ndarray], max_rank: int) -> dict:
-  """Aggregates query_statistics as the reference implementations do (CMC float32, AP / INP float64)."""
-  valid = stats['num_matches'] > 0
+  """Aggregates query_statistics as the reference implementations do: CMC in float32, AP / INP from the
+  integer match ranks in float64 (torchreid: AP = mean over matches of matches so far / rank)."""
+  num_matches, ranks = stats['num_matches'], stats['match_ranks']
+  valid = num_matches > 0
   num_valid = int(valid.sum())
   if num_valid == 0:
     raise ValueError('no query has a gallery match left after removing same-pid same-camera entries; '
                      'check that query and gallery ids come from the same dataset split')
-  first = stats['first_rank'][valid]
-  ranks = np.arange(1, max_rank + 1)
-  counts = (first[:, None] <= ranks[None, :]).sum(axis=0)
+  first_rank = ranks[:, 0]
+  last_rank = np.take_along_axis(ranks, np.maximum(num_matches - 1, 0)[:, None], axis=1)[:, 0]
+  counts = (first_rank[valid][:, None] <= np.arange(1, max_rank + 1)[None, :]).sum(axis=0)
   # float32 counts / float32 count: the references' float32 sum of 0/1 rows divided by num_valid_q.
   cmc = counts.astype(np.float32) / np.float32(num_valid)
-  ap = np.where(valid, stats['ap'].astype(np.float64), np.nan)
-  inp = np.where(valid, stats['num_matches'] / np.maximum(stats['last_rank'], 1), np.nan)
+  so_far = np.arange(1, ranks.shape[1] + 1, dtype=np.float64)[None, :]
+  precision = np.where(ranks > 0, so_far / np.maximum(ranks, 1), 0.0)
+  ap = np.where(valid, precision.sum(axis=1) / np.maximum(num_matches, 1), np.nan)
+  inp = np.where(valid, num_matches / np.maximum(last_rank, 1), np.nan)
   return {
       'cmc': cmc,
       'mAP': float(np.mean(ap[valid])),
@@ -139,7 +194,7 @@ def market_metrics(stats: dict[str, np.ndarray], max_rank: int) -> dict:
       'valid': valid,
       'per_query_ap': ap,
       'per_query_inp': inp,
-      'first_match_rank': np.where(valid, stats['first_rank'], 0).astype(np.int64),
+      'first_match_rank': np.where(valid, first_rank, 0).astype(np.int64),
   }
 
 
