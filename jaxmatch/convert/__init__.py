@@ -18,13 +18,29 @@ from jaxmatch.convert.keys import CheckpointMismatchError, KeyAccountant, assert
 from jaxmatch.convert.torch_io import load_state_dict  # noqa: F401
 
 
-def from_torch(config: ConfigDict, state_dict: Mapping[str, np.ndarray]) -> dict:
-  """Converts an official state_dict of config.model.name into flax variables (numpy leaves)."""
+def from_torch(config: ConfigDict, state_dict: Mapping[str, np.ndarray], **options) -> dict:
+  """Converts an official state_dict of config.model.name into flax variables (numpy leaves).
+
+  `options` go to the model's converter (the baseline's `drop_classifier`)."""
   name = config.model.name
   if name == "transformatcher":
     from jaxmatch.convert.transformatcher import transformatcher_from_torch
-    return transformatcher_from_torch(state_dict, config.model)
+    return transformatcher_from_torch(state_dict, config.model, **options)
+  if name == "baseline":
+    from jaxmatch.convert.baseline import baseline_from_torch
+    return baseline_from_torch(state_dict, config.model, seed=int(config.train.get("seed", 0)), **options)
   raise ValueError(f"no converter for config.model.name {name!r}")
+
+
+def complete_config(config: ConfigDict, state_dict: Mapping[str, np.ndarray]) -> None:
+  """Fills config fields a recipe leaves to its task and the checkpoint decides, before the model is built:
+  the re-ID baseline's num_classes (the task counts the training ids) from the checkpoint's classifier."""
+  if config.model.name == "baseline" and not config.model.get("num_classes"):
+    from jaxmatch.convert.baseline import classifier_rows
+    rows = classifier_rows(state_dict)
+    if rows is None:
+      raise ValueError("the checkpoint has no classifier to size the model by: set --config.model.num_classes")
+    config.model.num_classes = rows
 
 
 def backbones_from_torchvision(config: ConfigDict, state_dict: Mapping[str, np.ndarray],

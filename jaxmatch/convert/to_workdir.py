@@ -17,10 +17,13 @@ def convert_to_workdir(config, workdir: str, torch_checkpoint: str | None = None
 
   if bool(torch_checkpoint) == bool(torchvision_resnet):
     raise ValueError("give exactly one of --torch_checkpoint or --torchvision_resnet")
+  state_dict = convert.load_state_dict(torch_checkpoint, allow_pickle) if torch_checkpoint else None
+  if state_dict is not None:
+    convert.complete_config(config, state_dict)  # e.g. the re-ID classifier size, before the model is built
   model = models.build(config)
   expected_params, expected_state = jax.eval_shape(model.init_variables, jax.random.key(0))
   if torch_checkpoint:
-    variables = convert.from_torch(config, convert.load_state_dict(torch_checkpoint, allow_pickle))
+    variables = convert.from_torch(config, state_dict)
     source = torch_checkpoint
   else:
     params, model_state = model.init_variables(jax.random.key(config.train.seed))
@@ -33,7 +36,9 @@ def convert_to_workdir(config, workdir: str, torch_checkpoint: str | None = None
   mesh = parallel.make_mesh()
   params = parallel.replicate_tree(variables["params"], mesh)
   model_state = parallel.replicate_tree({k: v for k, v in variables.items() if k != "params"}, mesh)
-  state = create_state(params, model_state, make_optimizer(config.train, model.param_labels(params)))
+  # A fresh optimizer state does not depend on the epoch length; epoch-based schedules just need one.
+  tx = make_optimizer(config.train, model.param_labels(params), steps_per_epoch=1)
+  state = create_state(params, model_state, tx)
   manager = ckpt.make_manager(workdir, with_data=False)
   if manager.latest_step() is not None:
     raise ckpt.CheckpointError(f"{ckpt.checkpoint_dir(workdir)} already holds checkpoints; choose a new --workdir")
