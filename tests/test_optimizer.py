@@ -70,3 +70,12 @@ def test_unknown_override_field_is_named():
   cfg = _train_cfg(learning_rates=dict(head=1e-3), group_overrides=dict(head=dict(momentun=0.9)))
   with pytest.raises(ValueError, match="momentun"):
     make_optimizer(cfg, {"w": "head"})
+
+
+def test_frozen_leaves_get_no_update_and_need_no_learning_rate():
+  cfg = _train_cfg(weight_decay=5e-4, learning_rates=dict(head=1e-3))
+  params = {"w": jnp.ones(3), "shift": jnp.full(2, 0.7)}   # a non-zero frozen value: decay must not act
+  tx = make_optimizer(cfg, {"w": "head", "shift": "frozen"})
+  updates, _ = tx.update({"w": jnp.ones(3), "shift": jnp.ones(2)}, tx.init(params), params)
+  np.testing.assert_array_equal(np.asarray(updates["shift"]), 0.0)
+  assert np.all(np.asarray(updates["w"]) < 0)

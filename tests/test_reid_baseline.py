@@ -95,6 +95,8 @@ def test_shapes_and_parameter_groups(tiny):
   assert set(state["batch_stats"]) == {"backbone", "neck"}
   labels = model.param_labels(params)
   assert set(jax.tree.leaves(labels["backbone"])) == {"backbone"}
+  assert labels["neck"]["bottleneck"]["bias"] == "frozen"   # outside the official optimizer
+  labels["neck"]["bottleneck"]["bias"] = "head"
   assert set(jax.tree.leaves([labels["neck"], labels["projection"]])) == {"head"}
   assert labels["centers"] == "centers"
   out = tiny.forward({"params": tiny.net_params(), **state}, toy_batch()["image"])

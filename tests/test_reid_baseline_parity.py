@@ -315,6 +315,10 @@ def test_parameters_after_one_recipe_step_match_official(fx, recipe, train_step)
     diff = np.abs(after[key] - fx[f"train/param_after_step/{key}"])
     assert diff.max() <= 2 * EPOCH1_LR * 1.01, key
     assert np.sum(diff > 2e-6) <= max(1, diff.size // 100), key
+  # The BNNeck shift is outside the official optimizer: the fixture's non-zero value must not move.
+  before = baseline_to_torch({"params": train_step["before"]}, recipe.model)
+  np.testing.assert_array_equal(after["backbone.bottleneck.bias"], before["backbone.bottleneck.bias"])
+  assert np.any(before["backbone.bottleneck.bias"] != 0)
   # Centres: their own SGD, lr 0.5 on the gradient rescaled by 1 / 0.0005.
   np.testing.assert_allclose(params["centers"], fx["train/centers_after_step"], rtol=0, atol=1e-6)
   # The step ran at the official epoch-1 warmup lr: a parameter with a large gradient moved by exactly it.

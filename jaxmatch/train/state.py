@@ -105,10 +105,14 @@ def _group_optimizer(cfg: ConfigDict, lr: float, total_steps: int,
   return optax.chain(*chain, core) if chain else core
 
 
+FROZEN = "frozen"  # a model's label for parameters no optimizer may touch (torch: requires_grad False)
+
+
 def make_optimizer(cfg: ConfigDict, labels: Any, total_steps: int = 1,
                    steps_per_epoch: int | None = None) -> optax.GradientTransformation:
-  """One optimizer per parameter group; `labels` maps every param leaf to a key of cfg.learning_rates."""
-  lrs = dict(cfg.learning_rates)
+  """One optimizer per parameter group; `labels` maps every param leaf to a key of cfg.learning_rates,
+  or to FROZEN: those leaves get no update at all (not even weight decay) and need no learning rate."""
+  lrs = {FROZEN: 0.0, **dict(cfg.learning_rates)}
   used = set(jax.tree.leaves(labels))
   missing = used - set(lrs)
   if missing:

@@ -28,7 +28,8 @@ config.model schema (ConfigDict):
   dtype='float32'          compute dtype (parameters and BN statistics stay float32)
 
 Parameter groups (`param_labels`): 'backbone' (the ResNet), 'head' (projection, BNNeck, classifier) and
-'centers' (the center-loss centres, params['centers'] [num_classes, feat_dim]). The official recipe
+'centers' (the center-loss centres, params['centers'] [num_classes, feat_dim]); the BNNeck shift is
+labelled 'frozen' (no update at all, as it is absent from the official optimizer). The official recipe
 trains the centres with their own SGD at lr 0.5 on the UNWEIGHTED center-loss gradient; the loss here is
 the plain weighted sum, so the config must give the group that rescaling:
   config.train.learning_rates.centers = 0.5
@@ -54,6 +55,7 @@ from jaxmatch.losses import accuracy, center_loss, cross_entropy, init_centers, 
 from jaxmatch.models.layers import linear_torch_bias, linear_torch_kernel
 from jaxmatch.models.reid.bnneck import BNNeck, classifier_init
 from jaxmatch.models.resnet import EXPANSION, RESNET_STAGES, ResNet, stage_features
+from jaxmatch.train.state import FROZEN
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 NECKS = ("bnneck", "no")
@@ -188,7 +190,12 @@ class BaselineModel:
   def param_labels(self, params):
     def group(name):
       return "backbone" if name == "backbone" else "centers" if name == "centers" else "head"
-    return {k: jax.tree.map(lambda _, g=group(k): g, v) for k, v in params.items()}
+    labels = {k: jax.tree.map(lambda _, g=group(k): g, v) for k, v in params.items()}
+    # The BNNeck shift is outside the official optimizer: its gradient is 0, but coupled L2 would still
+    # move a non-zero value (e.g. a converted checkpoint's), so it is frozen rather than decayed.
+    if "bias" in labels.get("neck", {}).get("bottleneck", {}):
+      labels["neck"]["bottleneck"]["bias"] = FROZEN
+    return labels
 
   def _apply(self, params, model_state, images, train: bool):
     net_params = {k: v for k, v in params.items() if k != "centers"}

@@ -6,8 +6,8 @@ sets `bottleneck.bias.requires_grad_(False)` with the bias initialised to 0.
 
 Freezing here is zero-grad, not removal: the bias is a real parameter (so the tree mirrors the official
 state_dict's `bottleneck.bias` key by key), read through `jax.lax.stop_gradient`, so its gradient is
-exactly 0 and no optimizer that adds nothing to a zero gradient of a zero parameter (Adam, SGD, coupled
-L2 decay, decoupled decay) ever moves it. The BatchNorm itself is TorchBatchNorm (eps 1e-5, momentum 0.1,
+exactly 0; the model also labels it 'frozen' for the optimizer (train/state.py), so weight decay cannot
+move a non-zero value either (a converted checkpoint's), as the official optimizer never sees it. The BatchNorm itself is TorchBatchNorm (eps 1e-5, momentum 0.1,
 running variance from the unbiased batch variance). The classifier is Linear(dim -> num_classes,
 bias=False) initialised N(0, 0.001^2) as the official `weights_init_classifier`.
 """
