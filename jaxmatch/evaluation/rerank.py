@@ -12,9 +12,12 @@ whole (Q+G)^2 distance matrix, argsorts it and fills a dense (Q+G)^2 V. For MSMT
      elements with R(i); weights exp(-d(i, j)) / sum over the unique set (at most
      (k1+1)(round(k1/2)+2) entries; trimmed to the largest set that occurs).
   3. query expansion: V_qe(i) = mean of V over the k2 nearest neighbours of i (sparse union).
-  4. Jaccard distance, only for the Q x G block: per query block a dense copy of its V_qe rows; every
-     gallery row's sparse V_qe entries are gathered from it in ascending column order, summing
-     min(V_qe(q, j), V_qe(g, j)); final = (1 - lambda) * jaccard + lambda * d(q, g).
+  4. Jaccard distance, only for the Q x G block, summing min(V_qe(q, j), V_qe(g, j)) over shared columns
+     j in ascending order; final = (1 - lambda) * jaccard + lambda * d(q, g). float32 (default): the
+     reference's inverted-index loop, vectorised: each query walks the gallery rows listed under its own
+     non-zero columns (a column index of the gallery's V_qe), about width^2 entries per query. float16
+     mode: per query block a dense copy of its V_qe rows, every gallery row's entries gathered from it
+     (width x G per query), because each partial sum must be rounded where TransReID rounds it.
 Temporaries are O(block x N); everything else is O(N x k) neighbour lists. Step 4 feeds the ranking of
 the same block directly (reid.evaluate_features), so the Q x G result is never held either.
 
