@@ -9,7 +9,8 @@ matches have realistic sizes. Measures `reid.evaluate_features` end to end (host
 every block, the host-side aggregation), split into re-ranking preparation (neighbour lists, sparse V,
 query expansion) and ranking (Jaccard + ranking of every query block). 'first' includes compilation;
 with --repeats 2 a second, compiled run is timed too. Peak memory: the device allocator's peak where the
-backend reports one (GPU), and the process's peak resident memory (on CPU that is where the arrays live).
+backend reports one (GPU), and the process's peak resident memory (on CPU that is where the arrays live),
+with the resident memory before the first evaluation (features + runtime) for reference.
 Prints one JSON line per measurement; --out appends them to a file.
 """
 from __future__ import annotations
@@ -48,9 +49,13 @@ def synthetic_features(num_query: int, num_gallery: int, num_ids: int, dim: int,
   q_pids = np.arange(num_query) % num_ids
   g_pids = rs.randint(0, num_ids, size=num_gallery)
 
-  def draw(pids):
-    f = centres[pids] + noise * rs.normal(size=(pids.shape[0], dim)).astype(np.float32)
-    return distances.l2_normalize(f).astype(np.float32)
+  def draw(pids, chunk=4096):   # float32 chunks: the generator's float64 temporaries stay small
+    out = np.empty((pids.shape[0], dim), np.float32)
+    for start in range(0, pids.shape[0], chunk):
+      rows = pids[start:start + chunk]
+      f = centres[rows] + noise * rs.normal(size=(rows.shape[0], dim)).astype(np.float32)
+      out[start:start + chunk] = distances.l2_normalize(f)
+    return out
 
   return (draw(q_pids), draw(g_pids), q_pids, g_pids, rs.randint(1, 7, num_query), rs.randint(1, 7, num_gallery))
 
@@ -71,6 +76,14 @@ def process_peak_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # Linux reports KiB
 
 
+def process_current_bytes() -> int | None:
+  try:
+    with open('/proc/self/statm') as f:
+      return int(f.read().split()[1]) * resource.getpagesize()
+  except OSError:   # not Linux
+    return None
+
+
 def run_once(feats, with_rerank: bool, mesh, budget: int) -> dict:
   qf, gf, qp, gp, qc, gc = feats
   timings = {}
@@ -80,7 +93,7 @@ def run_once(feats, with_rerank: bool, mesh, budget: int) -> dict:
     reranked = rerank.prepare(rerank.feature_source(qf, gf), qf.shape[0], config, block_size=_BLOCK.value,
                               mesh=mesh, memory_budget=budget)
     timings['rerank_prepare_s'] = time.perf_counter() - t0
-    per_row = reranked.bytes_per_row() + 24 * gf.shape[0]
+    per_row = reranked.bytes_per_row() + reid.ranking_bytes_per_row(gf.shape[0])
     metrics = reid.evaluate_blocked(reranked.distances(), qp, gp, qc, gc, mesh=mesh, block_size=_BLOCK.value,
                                     memory_budget=budget, bytes_per_row=per_row)
     timings['sparse_width_v_qe'] = int(reranked.qe_idx.shape[1])
@@ -98,6 +111,7 @@ def main(argv):
   for size in _SIZES.value:
     name, nq, ng, ids = parse_size(size)
     feats = synthetic_features(nq, ng, ids, _DIM.value)
+    inputs_rss = process_current_bytes()   # features + runtime before any evaluation
     modes = {'off': [False], 'on': [True], 'both': [False, True]}[_RERANK.value]
     for with_rerank in modes:
       for repeat in range(_REPEATS.value):
@@ -106,7 +120,7 @@ def main(argv):
                'float16_like_transreid': _F16.value and with_rerank, 'run': 'first' if repeat == 0 else 'compiled',
                'devices': 1 if mesh is None else mesh.devices.size, 'device_kind': jax.devices()[0].device_kind,
                'memory_budget_mb': _BUDGET.value, **result, 'device_peak_bytes': device_peak_bytes(),
-               'process_peak_rss_bytes': process_peak_bytes()}
+               'process_peak_rss_bytes': process_peak_bytes(), 'rss_before_bytes': inputs_rss}
         print(json.dumps(row), flush=True)
         if _OUT.value:
           with open(_OUT.value, 'a') as f:

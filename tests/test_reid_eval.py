@@ -320,6 +320,31 @@ def test_max_matches_per_query_counts_other_camera_matches():
   assert retrieval.max_matches_per_query((np.array([2]), np.array([1])), g_ids) == 1   # none: width 1
 
 
+def _temp_bytes(fn, *args) -> int:
+  return jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+
+def test_block_memory_estimates_cover_the_compiled_temporaries():
+  """Block sizes come from per-row byte estimates; they must cover what XLA actually allocates."""
+  qf, gf, qp, gp, qc, gc = synthetic_reid(num_ids=60, per_id=10, seed=9)
+  b, g = 16, gf.shape[0]
+  dist = distances.feature_distances(qf, gf, 'euclidean')
+  ranking = retrieval._query_kernel(dist.fn, 1, 1, retrieval.rank_statistics_fn(8))
+  ids = (np.zeros(b, np.int32),) * 2
+  assert _temp_bytes(ranking, qf[:b], *ids, gf, *(np.zeros(g, np.int32),) * 2) <= b * reid.ranking_bytes_per_row(g)
+  config = rerank.RerankConfig()
+  source = rerank.feature_source(qf, gf)
+  reranked = rerank.prepare(source, qf.shape[0], config, block_size=32)
+  n = source.num_rows
+  nn_kernel = rerank._neighbour_kernel(source.fn, config.k1 + 1)
+  prepare_estimate = rerank.rerank_bytes_per_row(n, g, reranked.qe_idx.shape[1])
+  assert _temp_bytes(nn_kernel, source.rows[0][:b], *source.shared) <= b * prepare_estimate
+  for sparse in (True, False):
+    final = reranked.distances(sparse)
+    used = _temp_bytes(final.fn, *(r[:b] for r in final.rows), *final.shared)
+    assert used <= b * reranked.bytes_per_row(sparse), (sparse, used / b, reranked.bytes_per_row(sparse))
+
+
 # ---------------------------------------------------------------------------------------------------
 # Blocking and sharding invariance
 
