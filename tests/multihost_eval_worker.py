@@ -2,20 +2,18 @@
 
 argv: inputs.npz output.npz. The process joins the job described by JAX_COORDINATOR_ADDRESS /
 JAX_NUM_PROCESSES / JAX_PROCESS_ID (parallel.maybe_initialize_distributed), evaluates the same features on
-a mesh over every process's CPU devices and writes what it received.
+a mesh over every process's CPU devices and writes what it received (jax's CPU collectives default to
+gloo, which carries the cross-process gathers).
 """
 from __future__ import annotations
 
 import sys
 
 import jax
+import numpy as np
 
-jax.config.update("jax_cpu_collectives_implementation", "gloo")   # CPU processes need a collectives backend
-
-import numpy as np  # noqa: E402
-
-from jaxmatch.evaluation import reid  # noqa: E402
-from jaxmatch.train import parallel  # noqa: E402
+from jaxmatch.evaluation import reid
+from jaxmatch.train import parallel
 
 
 def main(inputs: str, output: str) -> None:
