@@ -64,5 +64,7 @@ def test_two_processes_evaluate_like_one(tmp_path):
       # Rows per device change the matmul's rounding by an ulp (see test_eight_devices_equal_one).
       np.testing.assert_allclose(out[f"{name}/per_query_ap"], single["per_query_ap"], rtol=0, atol=1e-7,
                                  err_msg=name)
+  expected_top_k = reid.top_k_gallery(qf, gf, 5, block_size=8)[0]
   for out in outs:
-    np.testing.assert_array_equal(out["top_k"], reid.top_k_gallery(qf, gf, 5, block_size=8)[0])
+    np.testing.assert_array_equal(out["top_k"], expected_top_k)
+  np.testing.assert_array_equal(outs[0]["local_top_k"], expected_top_k)

@@ -15,7 +15,8 @@ Row blocks: a (rows x columns) computation never exists whole. It is a pure kern
 `shared` is replicated, so every device handles its own rows against all columns with no communication:
 rankings sort along the column axis, which splitting the columns would turn into a cross-device merge.
 Across hosts every process holds the same inputs, places them on the global mesh and receives every
-block's rows back (an all-gather, parallel.gather_rows), so each host ends with the whole result.
+block's rows back (an all-gather in parallel.fetch), so each host ends with the whole result. Without a
+mesh everything stays on the process's own device, so one process alone may evaluate (e.g. figures).
 """
 from __future__ import annotations
 
@@ -206,7 +207,7 @@ def gather_row_blocks(kernel: Callable, rows: Sequence[np.ndarray], shared: Sequ
   """Runs every block and returns the outputs as numpy arrays with exactly num_rows rows."""
   pieces = [(start, stop, out) for start, stop, out in
             map_row_blocks(kernel, rows, shared, block_size=block_size, mesh=mesh)]
-  host = [(stop - start, parallel.gather_rows(out)) for start, stop, out in pieces]
+  host = [(stop - start, parallel.fetch(out)) for start, stop, out in pieces]
   return jax.tree.map(lambda *xs: np.concatenate([x[:n] for (n, _), x in zip(host, xs)]),
                       *[h for _, h in host])
 

@@ -152,7 +152,7 @@ def query_statistics(dist: dist_lib.BlockedDistance, q_pids, g_pids, q_camids, g
   """rank_statistics for every query, in blocks of `block_size` query rows."""
   q_ids, g_ids = _ids(dist, q_pids, g_pids, q_camids, g_camids)
   what = rank_statistics_fn(max_matches_per_query(q_ids, g_ids))
-  pieces = [(stop - start, parallel.gather_rows(out)) for start, stop, out in
+  pieces = [(stop - start, parallel.fetch(out)) for start, stop, out in
             _per_query(what, dist, q_ids, g_ids, block_size=block_size, mesh=mesh)]
   return {k: np.concatenate([p[k][:n] for n, p in pieces]) for k in pieces[0][1]}
 
@@ -220,7 +220,7 @@ def cuhk03_classic_cmc(dist: dist_lib.BlockedDistance, q_pids, g_pids, q_camids,
   q_raw = np.asarray(q_pids)
   rows = []
   for start, stop, order in _per_query(kept_order, dist, q_ids, g_ids, block_size=block_size, mesh=mesh):
-    order = parallel.gather_rows(order)
+    order = parallel.fetch(order)
     for q in range(start, stop):
       row = _classic_query_cmc(order[q - start], g_raw, q_raw[q], rng, max_rank)
       if row is not None:

@@ -80,8 +80,14 @@ def replicate_tree(tree: Any, mesh: Mesh) -> Any:
 
 
 def fetch(tree: Any) -> Any:
-  """Global (replicated or sharded, fully addressable) arrays -> numpy."""
-  return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+  """Arrays -> numpy. Replicated or process-local arrays are read locally; an array sharded over other
+  processes' devices is all-gathered, so every process must fetch it at the same point (a collective)."""
+  def one(x):
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+      from jax.experimental import multihost_utils
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+  return jax.tree.map(one, tree)
 
 
 def gather_rows(tree: Any) -> Any:
