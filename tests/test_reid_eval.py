@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import load_fixture
 
-from jaxmatch.evaluation import distances, reid, rerank, retrieval
+from jaxmatch.evaluation import distances, float16, jaccard, reid, rerank, retrieval
 from jaxmatch.train import parallel
 
 CASES = ('caseA', 'caseA_nojunk', 'caseB')
@@ -268,7 +268,7 @@ def test_sparse_jaccard_is_refused_for_float16_rounding():
 def test_column_index_lists_every_gallery_entry_by_column():
   g_idx = np.array([[0, 2, 5], [2, 3, 5], [1, 5, 5]], np.int32)   # 5 = padding (N)
   g_val = np.array([[.1, .2, 0], [.3, .4, 0], [.5, 0, 0]], np.float32)
-  index = rerank.ColumnIndex.build(g_idx, g_val, 5)
+  index = jaccard.ColumnIndex.build(g_idx, g_val, 5)
   np.testing.assert_array_equal(index.ptr, [0, 1, 2, 4, 5, 5, 5])
   np.testing.assert_array_equal(index.rows, [0, 2, 0, 1, 1])
   np.testing.assert_allclose(index.vals, [.1, .5, .2, .3, .4])
@@ -280,7 +280,7 @@ def test_round_to_float16_matches_numpy():
   x = np.concatenate([rs.uniform(0, 2, 4000), 10.0 ** rs.uniform(-9, 0, 4000), -rs.uniform(0, 1, 100),
                       [0.0, 2.0 ** -14, 2.0 ** -24, 1.5 * 2.0 ** -24, 2.5 * 2.0 ** -24, 1 + 2.0 ** -11,
                        1 + 3 * 2.0 ** -11, 0.7, 65519.0, 70000.0]]).astype(np.float32)
-  got = np.asarray(jax.jit(rerank.round_to_float16)(x))
+  got = np.asarray(jax.jit(float16.round_to_float16)(x))
   with np.errstate(over='ignore'):
     np.testing.assert_array_equal(got, x.astype(np.float16).astype(np.float32))
 

@@ -92,14 +92,12 @@ def baseline_tensors(model_cfg, prefix: str = NFORMER_PREFIX, with_classifier: b
   return base + head_tensors(model_cfg, prefix, with_classifier)
 
 
-def _fresh_head(model_cfg, seed: int, with_classifier: bool) -> dict:
-  """Parameters the checkpoint does not provide: centres (and a dropped classifier), official inits."""
+def _add_fresh_head(params: dict, model_cfg, seed: int, with_classifier: bool) -> None:
+  """Adds what the checkpoint does not provide: centres (and a dropped classifier), official inits."""
   from jaxmatch.losses import init_centers
   from jaxmatch.models.reid.bnneck import classifier_init
-  model = _model(model_cfg)
-  num_classes, dim = int(model_cfg.num_classes), model.feat_dim
+  num_classes, dim = int(model_cfg.num_classes), _model(model_cfg).feat_dim
   center_key, classifier_key = jax.random.split(jax.random.key(seed))
-  params: dict = {}
   if model_cfg.get("center_loss_weight", 0.0):
     params["centers"] = np.asarray(init_centers(center_key, num_classes, dim))
   if with_classifier:
@@ -107,13 +105,6 @@ def _fresh_head(model_cfg, seed: int, with_classifier: bool) -> dict:
     set_path(params, where + ("kernel",), np.asarray(classifier_init(classifier_key, (dim, num_classes))))
     if where == ("classifier",):
       set_path(params, where + ("bias",), np.zeros((num_classes,), np.float32))
-  return params
-
-
-def _merge(tree: dict, extra: Mapping) -> dict:
-  for key, value in extra.items():
-    tree[key] = _merge(dict(tree.get(key, {})), value) if isinstance(value, Mapping) else value
-  return tree
 
 
 def _shape(sd: Mapping, key: str) -> tuple[int, ...] | None:
@@ -163,7 +154,7 @@ def baseline_from_torch(state_dict: Mapping[str, np.ndarray], model_cfg, drop_cl
   acc = KeyAccountant(sd, what="BoT / NFormer encoder checkpoint")
   variables = encoder_from_torch(acc, model_cfg, prefix, drop_classifier)
   _finish(acc, sd, model_cfg, prefix)
-  _merge(variables["params"], _fresh_head(model_cfg, seed, with_classifier=drop_classifier))
+  _add_fresh_head(variables["params"], model_cfg, seed, with_classifier=drop_classifier)
   return variables
 
 

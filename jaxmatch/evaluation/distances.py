@@ -73,6 +73,12 @@ def tree_sum(x: jax.Array) -> jax.Array:
   return x[..., 0]
 
 
+def divide_by_row_max(d: jax.Array) -> jax.Array:
+  """Each row divided by its maximum (re-ranking's normalisation: the reference divides a symmetric matrix
+  by its column maxima, which is the same thing transposed)."""
+  return d / jnp.max(d, axis=1, keepdims=True)
+
+
 def pairwise_distance(x: jax.Array, y: jax.Array, metric: str) -> jax.Array:
   """[n, d] x [m, d] -> [n, m] under `metric` (see the module docstring)."""
   if metric == 'sqeuclidean':

@@ -12,12 +12,8 @@ whole (Q+G)^2 distance matrix, argsorts it and fills a dense (Q+G)^2 V. For MSMT
      elements with R(i); weights exp(-d(i, j)) / sum over the unique set (at most
      (k1+1)(round(k1/2)+2) entries; trimmed to the largest set that occurs).
   3. query expansion: V_qe(i) = mean of V over the k2 nearest neighbours of i (sparse union).
-  4. Jaccard distance, only for the Q x G block, summing min(V_qe(q, j), V_qe(g, j)) over shared columns
-     j in ascending order; final = (1 - lambda) * jaccard + lambda * d(q, g). float32 (default): the
-     reference's inverted-index loop, vectorised: each query walks the gallery rows listed under its own
-     non-zero columns (a column index of the gallery's V_qe), about width^2 entries per query. float16
-     mode: per query block a dense copy of its V_qe rows, every gallery row's entries gathered from it
-     (width x G per query), because each partial sum must be rounded where TransReID rounds it.
+  4. Jaccard distance (jaccard.py), only for the Q x G block: the sum of min(V_qe(q, j), V_qe(g, j)) over
+     shared columns j; final = (1 - lambda) * jaccard + lambda * d(q, g).
 Temporaries are O(block x N); everything else is O(N x k) neighbour lists. Step 4 feeds the ranking of
 the same block directly (reid.evaluate_features), so the Q x G result is never held either.
 
@@ -30,8 +26,7 @@ engine does: its 'euclidean' is already squared); 'cosine' the squared cosine di
 float16_like_transreid: TransReID stores V, V_qe, the Jaccard distances and their running sums in
 float16 (torchreid in float32). With the option on, every such value is rounded to float16 exactly where
 TransReID rounds (sums of float16 values in float32, then rounded; elementwise float16 arithmetic done
-in float32 and rounded, as numpy does), using an explicit rounding function rather than float16 dtypes,
-which XLA may compute in excess precision.
+in float32 and rounded, as numpy does), with float16.round_to_float16.
 
 Parity on fixtures/reid_eval (10 x 60, 32-d), max abs difference of the [Q, G] result:
   float16_like_transreid=True vs TransReID      6.0e-8 (k1 20, k2 6), 8.9e-8 (k1 50, k2 15)
@@ -52,10 +47,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxmatch.evaluation import distances as dist_lib
-
-F16_MIN_NORMAL = 2.0 ** -14
-F16_MAX = 65504.0
-
+from jaxmatch.evaluation.float16 import round_if
+from jaxmatch.evaluation.jaccard import Reranked, rerank_bytes_per_row
 
 @dataclasses.dataclass(frozen=True)
 class RerankConfig:
@@ -85,21 +78,6 @@ class RerankConfig:
   @property
   def half_k1(self) -> int:
     return int(np.around(self.k1 / 2))   # numpy rounds half to even: k1=5 -> 2, as the reference
-
-
-def round_to_float16(x: jax.Array) -> jax.Array:
-  """float32 -> float32 holding the nearest float16 value (ties to even), by integer arithmetic."""
-  bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
-  lsb = (bits >> 13) & 1
-  normal = jax.lax.bitcast_convert_type((bits + 0xFFF + lsb) & jnp.uint32(0xFFFFE000), jnp.float32)
-  # Below 2^-14 float16 is subnormal, a fixed grid of 2^-24; scaling by powers of two is exact.
-  subnormal = jnp.round(x * 2.0 ** 24) * 2.0 ** -24
-  out = jnp.where(jnp.abs(x) < F16_MIN_NORMAL, subnormal, normal)
-  return jnp.where(jnp.abs(out) > F16_MAX, jnp.sign(x) * jnp.inf, out)
-
-
-def _round_if(x: jax.Array, f16: bool) -> jax.Array:
-  return round_to_float16(x) if f16 else x
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -140,18 +118,13 @@ def matrix_source(q_g, q_q, g_g) -> dist_lib.BlockedDistance:
   return dist_lib.matrix_distances(full)
 
 
-def _normalised(source_fn: Callable, args) -> jax.Array:
-  d = source_fn(*args)
-  return d / jnp.max(d, axis=1, keepdims=True)
-
-
 # ---------------------------------------------------------------------------------------------------
 # 1. neighbour lists
 
 @functools.lru_cache(maxsize=None)
 def _neighbour_kernel(source_fn: Callable, k: int):
   def kernel(*args):
-    _, idx = jax.lax.top_k(-_normalised(source_fn, args), k)
+    _, idx = jax.lax.top_k(-dist_lib.divide_by_row_max(source_fn(*args)), k)
     return idx
   return kernel
 
@@ -209,9 +182,9 @@ def _expansion_kernel(source_fn: Callable, num_source_rows: int, k_full: int, k_
     first = jnp.concatenate([jnp.ones_like(members[:, :1], bool), members[:, 1:] != members[:, :-1]], axis=1)
     members = _sparse_compact(members, None, first & (members < n), n)
     valid = members < n
-    dist = _normalised(source_fn, (*src_rows, *src_shared))
+    dist = dist_lib.divide_by_row_max(source_fn(*src_rows, *src_shared))
     weight = jnp.where(valid, jnp.exp(-jnp.take_along_axis(dist, jnp.minimum(members, n - 1), axis=1)), 0.0)
-    value = _round_if(weight / dist_lib.tree_sum(weight)[:, None], f16)
+    value = round_if(weight / dist_lib.tree_sum(weight)[:, None], f16)
     return members, jnp.where(valid, value, 0.0), jnp.sum(valid, axis=1, dtype=jnp.int32)
   return kernel
 
@@ -256,7 +229,7 @@ def _expansion_mean_kernel(k2: int, f16: bool):
       total = jnp.where(same_as_prev, shifted, 0.0) + val
     last = jnp.concatenate([idx[:, 1:] != idx[:, :-1], jnp.ones_like(idx[:, :1], bool)], axis=1) & (idx < n)
     # `divisor` is an argument, not a constant: XLA may turn division by a constant into a multiplication.
-    mean = _round_if(total / divisor, f16)
+    mean = round_if(total / divisor, f16)
     idx, mean = _sparse_compact(idx, mean, last, n)
     return idx, mean, jnp.sum(idx < n, axis=1, dtype=jnp.int32)
   return kernel
@@ -274,163 +247,6 @@ def query_expansion(v_idx: np.ndarray, v_val: np.ndarray, nn: np.ndarray, config
   idx, val, count = dist_lib.gather_row_blocks(kernel, (ids,), (nn, v_idx, v_val, divisor),
                                                block_size=block_size, mesh=mesh)
   return _trim(idx, val, count)
-
-
-# ---------------------------------------------------------------------------------------------------
-# 4. Jaccard + final distance for query rows against the gallery
-
-def _final_weights(lambda_value: float, f16: bool) -> tuple[np.float32, np.float32]:
-  jaccard_weight = np.float32(np.float16(1.0 - lambda_value) if f16 else (1.0 - lambda_value))
-  return jaccard_weight, np.float32(lambda_value)
-
-
-def _combine(overlap: jax.Array, original: jax.Array, two, one, jaccard_weight, original_weight,
-             f16: bool) -> jax.Array:
-  """(1 - lambda) * (1 - overlap / (2 - overlap)) + lambda * original, rounded where TransReID rounds."""
-  denom = _round_if(two - overlap, f16)
-  jaccard = _round_if(one - _round_if(overlap / denom, f16), f16)
-  return _round_if(jaccard * jaccard_weight, f16) + original * original_weight
-
-
-@functools.lru_cache(maxsize=None)
-def _dense_final_fn(source_fn: Callable, num_source_rows: int, num_source_shared: int, num_query: int,
-                    lambda_value: float, f16: bool) -> Callable:
-  """Per query block a dense [N+1, b] copy of its V_qe rows; the loop walks the gallery's sparse entries
-  column slot by column slot (width x G x b work). Rounds every partial sum where float16 TransReID does."""
-  weights = _final_weights(lambda_value, f16)
-
-  def fn(*args):
-    src_rows = args[:num_source_rows]
-    q_idx, q_val = args[num_source_rows:num_source_rows + 2]
-    src_shared = args[num_source_rows + 2:num_source_rows + 2 + num_source_shared]
-    g_idx_t, g_val_t, two, one = args[num_source_rows + 2 + num_source_shared:]
-    original = _normalised(source_fn, (*src_rows, *src_shared))
-    n = original.shape[1]
-    b = q_idx.shape[0]
-    dense = jnp.zeros((b, n + 1), jnp.float32).at[jnp.arange(b)[:, None], q_idx].set(q_val).T   # [N+1, b]
-
-    def add_column(t, acc):   # acc [G, b]: ascending columns per gallery row, as the reference loops
-      term = jnp.minimum(dense[g_idx_t[t]], g_val_t[t][:, None])
-      return _round_if(acc + term, f16)
-
-    overlap = jax.lax.fori_loop(0, g_idx_t.shape[0], add_column,
-                                jnp.zeros((g_idx_t.shape[1], b), jnp.float32)).T         # [b, G]
-    return _combine(overlap, original[:, num_query:], two, one, *weights, f16)
-  return fn
-
-
-@functools.lru_cache(maxsize=None)
-def _sparse_final_fn(source_fn: Callable, num_source_rows: int, num_source_shared: int, num_query: int,
-                     lambda_value: float, capacity: int) -> Callable:
-  """The reference's own loop (for each non-zero column j of a query, every gallery row with a non-zero
-  at j), vectorised: work per query is the sum of its columns' gallery occupancies (about width^2 for
-  k-reciprocal sets) instead of width x G. Each query row enumerates `capacity` (column, gallery row)
-  entries through the gallery's column index; a scatter-add sums min(V_qe(q, j), V_qe(g, j)) per gallery
-  row, in ascending column order (the update order) where the backend applies updates in order (CPU)."""
-  weights = _final_weights(lambda_value, False)
-
-  def fn(*args):
-    src_rows = args[:num_source_rows]
-    q_idx, q_val = args[num_source_rows:num_source_rows + 2]
-    src_shared = args[num_source_rows + 2:num_source_rows + 2 + num_source_shared]
-    col_ptr, col_rows, col_vals, two, one = args[num_source_rows + 2 + num_source_shared:]
-    original = _normalised(source_fn, (*src_rows, *src_shared))
-    b, w = q_idx.shape
-    starts = col_ptr[q_idx]                                                        # [b, w]
-    counts = col_ptr[q_idx + 1] - starts
-    ends = jnp.cumsum(counts, axis=1)                                              # inclusive ends
-    entry = jnp.arange(capacity, dtype=jnp.int32)
-    slot = jax.vmap(lambda e: jnp.searchsorted(e, entry, side='right'))(ends)      # [b, capacity]
-    valid = slot < w
-    slot = jnp.minimum(slot, w - 1)
-    first = jnp.take_along_axis(ends - counts, slot, axis=1)
-    position = jnp.where(valid, jnp.take_along_axis(starts, slot, axis=1) + entry[None] - first, 0)
-    term = jnp.minimum(jnp.take_along_axis(q_val, slot, axis=1), col_vals[position])
-    overlap = jnp.zeros((b, original.shape[1] - num_query), jnp.float32).at[
-        jnp.arange(b)[:, None], col_rows[position]].add(jnp.where(valid, term, 0.0))
-    return _combine(overlap, original[:, num_query:], two, one, *weights, False)
-  return fn
-
-
-@dataclasses.dataclass(frozen=True)
-class ColumnIndex:
-  """The gallery's sparse V_qe by column: rows[ptr[j]:ptr[j + 1]] (ascending) have a non-zero at column j,
-  with values vals[...]; ptr has N + 2 entries so that the padding column N is empty."""
-  ptr: np.ndarray
-  rows: np.ndarray
-  vals: np.ndarray
-
-  @classmethod
-  def build(cls, g_idx: np.ndarray, g_val: np.ndarray, num_items: int) -> ColumnIndex:
-    valid = g_idx < num_items
-    rows = np.nonzero(valid)[0].astype(np.int32)
-    cols = g_idx[valid]
-    order = np.argsort(cols, kind='stable')                      # stable: rows stay ascending per column
-    counts = np.bincount(cols, minlength=num_items + 1)
-    ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-    return cls(ptr, rows[order], g_val[valid][order].astype(np.float32))
-
-  def entries_per_row(self, idx: np.ndarray) -> np.ndarray:
-    """Per sparse row (column indices, N = padding): how many (column, gallery row) pairs it meets."""
-    return np.diff(self.ptr)[idx].sum(axis=1)
-
-
-@dataclasses.dataclass(frozen=True)
-class Reranked:
-  """The sparse state of a re-ranking; `distances` turns it into query x gallery distance blocks.
-
-  Jaccard: float16_like_transreid needs a rounded running sum per (query, gallery) pair in the reference
-  order, which the dense path keeps; float32 takes the sparse path (same sums, far less work) unless
-  `sparse=False` is asked for.
-  """
-  source: dist_lib.BlockedDistance
-  num_query: int
-  config: RerankConfig
-  qe_idx: np.ndarray
-  qe_val: np.ndarray
-
-  def use_sparse(self, sparse: bool | None = None) -> bool:
-    if sparse and self.config.float16_like_transreid:
-      raise ValueError('float16_like_transreid needs the dense Jaccard path (sparse=False or None)')
-    return not self.config.float16_like_transreid if sparse is None else sparse
-
-  @functools.cached_property
-  def column_index(self) -> ColumnIndex:
-    q = self.num_query
-    return ColumnIndex.build(self.qe_idx[q:], self.qe_val[q:], self.qe_idx.shape[0])
-
-  @functools.cached_property
-  def capacity(self) -> int:
-    """Entries a query row enumerates on the sparse path: the largest count, rounded up to 128."""
-    most = int(self.column_index.entries_per_row(self.qe_idx[:self.num_query]).max(initial=0))
-    return max(128, -(-most // 128) * 128)
-
-  def bytes_per_row(self, sparse: bool | None = None) -> int:
-    """Block temporaries per query row of step 4, ranking excluded."""
-    n, g = self.qe_idx.shape[0], self.qe_idx.shape[0] - self.num_query
-    if self.use_sparse(sparse):
-      # XLA:CPU's buffer assignment measures 21-31 bytes per enumerated entry besides the rows
-      return 4 * (3 * n + 2 * g) + 36 * self.capacity + 64 * self.qe_idx.shape[1]
-    return rerank_bytes_per_row(n, g, self.qe_idx.shape[1])
-
-  def distances(self, sparse: bool | None = None) -> dist_lib.BlockedDistance:
-    q, n = self.num_query, self.qe_idx.shape[0]
-    rows = tuple(r[:q] for r in self.source.rows) + (self.qe_idx[:q], self.qe_val[:q])
-    args = (self.source.fn, len(self.source.rows), len(self.source.shared), q, float(self.config.lambda_value))
-    if self.use_sparse(sparse):
-      index = self.column_index
-      fn = _sparse_final_fn(*args, self.capacity)
-      extra = (index.ptr, index.rows, index.vals)
-    else:
-      fn = _dense_final_fn(*args, self.config.float16_like_transreid)
-      extra = (np.ascontiguousarray(self.qe_idx[q:].T), np.ascontiguousarray(self.qe_val[q:].T))
-    shared = (*self.source.shared, *extra, np.float32(2.0), np.float32(1.0))
-    return dist_lib.BlockedDistance(rows, shared, fn, q, n - q)
-
-
-def rerank_bytes_per_row(num_items: int, num_gallery: int, width: int) -> int:
-  """Block temporaries per row: distance rows, the dense V_qe copy, overlap sums and a sort of them."""
-  return 4 * (3 * num_items + 6 * num_gallery) + 8 * width
 
 
 def prepare(source: dist_lib.BlockedDistance, num_query: int, config: RerankConfig, *,

@@ -112,9 +112,10 @@ def rank_statistics(dist: jax.Array, q_pid, q_cam, g_pid, g_cam, max_matches: in
 def max_matches_per_query(q_ids, g_ids) -> int:
   """The most gallery matches (same pid, other camera) any query has: the static width of match_ranks."""
   (qp, qc), (gp, gc) = q_ids, g_ids
+  num_ids = int(max(qp.max(initial=0), gp.max(initial=0))) + 1
   num_cams = int(max(qc.max(initial=0), gc.max(initial=0))) + 1
-  same_pid = np.bincount(gp, minlength=int(qp.max(initial=0)) + 1)[qp] if gp.size else np.zeros_like(qp)
-  pair = np.bincount(gp.astype(np.int64) * num_cams + gc, minlength=(int(qp.max(initial=0)) + 1) * num_cams)
+  same_pid = np.bincount(gp, minlength=num_ids)[qp]
+  pair = np.bincount(gp.astype(np.int64) * num_cams + gc, minlength=num_ids * num_cams)
   same_cam = pair[qp.astype(np.int64) * num_cams + qc]
   return max(int((same_pid - same_cam).max(initial=0)), 1)
 
