@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 
 from jaxmatch.evaluation import distances, reid, rerank
-from jaxmatch.train import parallel
+from jaxmatch import parallel
 
 SIZES = {'market': (3368, 15913, 750), 'msmt17': (11659, 82161, 3060)}
 

@@ -20,7 +20,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jaxmatch import models
-from jaxmatch.train import loop, parallel
+from jaxmatch import parallel
+from jaxmatch.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/transformatcher_spair.py", "Recipe.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Global batch (pairs).")

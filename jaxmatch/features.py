@@ -81,7 +81,8 @@ def load_trained(workdir: str, step: int | None = None, mesh=None):
   """(config, model, params, model_state, step) of a workdir's checkpoint, on `mesh`."""
   from jaxmatch import models
   from jaxmatch.train import checkpoint as ckpt
-  from jaxmatch.train import loop, parallel
+  from jaxmatch import parallel
+  from jaxmatch.train import loop
   config = workdir_config(workdir)
   model = models.build(config)
   mesh = mesh or parallel.make_mesh(None)
@@ -100,7 +101,7 @@ def extract_to_files(workdir: str, split: ReidSplit, output: str, *, step: int |
   import jax
 
   from jaxmatch.tasks.reid import extract_features, jit_embed
-  from jaxmatch.train import parallel
+  from jaxmatch import parallel
   mesh = parallel.make_mesh(None)
   config, model, params, model_state, step = load_trained(workdir, step, mesh)
   if batch_size:

@@ -29,7 +29,7 @@ def default_workdir(config_arg: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from jaxmatch.train.parallel import maybe_initialize_distributed
+  from jaxmatch.parallel import maybe_initialize_distributed
   maybe_initialize_distributed()
   workdir = _WORKDIR.value or default_workdir(config_flags.get_config_filename(flags.FLAGS["config"]))
   logging.info("workdir: %s", workdir)

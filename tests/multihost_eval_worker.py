@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from jaxmatch.evaluation import reid
-from jaxmatch.train import parallel
+from jaxmatch import parallel
 
 
 def main(inputs: str, output: str) -> None:

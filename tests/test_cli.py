@@ -132,7 +132,8 @@ class _Killed(Exception):
 def _restore(workdir, config):
   from jaxmatch import models
   from jaxmatch.train import checkpoint as ckpt
-  from jaxmatch.train import loop, parallel
+  from jaxmatch import parallel
+  from jaxmatch.train import loop
   mesh = parallel.make_mesh(1)
   state, _ = loop.init_state(models.build(config), config.train, mesh, 0)
   manager = ckpt.make_manager(str(workdir), with_data=False)

@@ -59,7 +59,7 @@ def test_converted_checkpoint_evaluates_like_the_original(official_file, tmp_pat
   assert 0.0 <= result["pck@0.1"] <= 100.0
   # Same weights through the model directly give the same PCK.
   from jaxmatch import tasks
-  from jaxmatch.train import parallel
+  from jaxmatch import parallel
   task = tasks.build(config, workdir)
   mesh = parallel.make_mesh()
   direct = task.evaluate(variables["params"], {"batch_stats": variables["batch_stats"]}, mesh, workdir,

@@ -12,7 +12,7 @@ import pytest
 from jaxmatch.config_utils import load_config
 from jaxmatch.evaluation.pck import pck_per_pair, pck_threshold
 from jaxmatch.tasks.correspondence import Benchmark, CorrespondenceTask, benchmarks_from_config
-from jaxmatch.train import parallel
+from jaxmatch import parallel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 S = 64

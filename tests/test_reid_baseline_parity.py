@@ -332,7 +332,7 @@ def test_parameters_after_one_recipe_step_match_official(fx, recipe, train_step)
 def test_official_file_converts_to_a_workdir_the_loop_restores(official_sd, recipe, converted, tmp_path):
   from jaxmatch.convert.to_workdir import convert_to_workdir
   from jaxmatch.train import checkpoint as ckpt
-  from jaxmatch.train import parallel
+  from jaxmatch import parallel
   path = tmp_path / "nformer_encoder.npz"
   np.savez(path, **official_sd)
   config = recipe.copy_and_resolve_references()

@@ -9,7 +9,7 @@ import pytest
 from conftest import load_fixture
 
 from jaxmatch.evaluation import distances, float16, jaccard, reid, rerank, retrieval
-from jaxmatch.train import parallel
+from jaxmatch import parallel
 
 CASES = ('caseA', 'caseA_nojunk', 'caseB')
 IMPLEMENTATIONS = ('torchreid', 'transreid', 'nformer', 'fastreid')

@@ -106,7 +106,8 @@ def toy_config(**train) -> ml_collections.ConfigDict:
 def params_of(workdir: str, cfg, task) -> dict:
   """Restores the latest checkpoint's state as numpy."""
   from jaxmatch.train import checkpoint as ckpt
-  from jaxmatch.train import loop, parallel
+  from jaxmatch import parallel
+  from jaxmatch.train import loop
   mesh = parallel.make_mesh(1)
   state, _ = loop.init_state(task, cfg.train, mesh, 0)
   manager = ckpt.make_manager(workdir, with_data=False)

@@ -5,7 +5,8 @@ import jax
 import numpy as np
 
 from jaxmatch import models
-from jaxmatch.train import loop, parallel
+from jaxmatch import parallel
+from jaxmatch.train import loop
 from test_convert_cli import tiny_config
 
 

@@ -12,7 +12,7 @@ def convert_to_workdir(config, workdir: str, torch_checkpoint: str | None = None
 
   from jaxmatch import convert, models
   from jaxmatch.train import checkpoint as ckpt
-  from jaxmatch.train import parallel
+  from jaxmatch import parallel
   from jaxmatch.train.state import create_state, make_optimizer
 
   if bool(torch_checkpoint) == bool(torchvision_resnet):

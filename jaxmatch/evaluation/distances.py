@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
-from jaxmatch.train import parallel
+from jaxmatch import parallel
 
 METRICS = ('sqeuclidean', 'euclidean', 'cosine')
 HIGHEST = jax.lax.Precision.HIGHEST

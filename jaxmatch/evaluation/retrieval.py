@@ -29,7 +29,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxmatch.evaluation import distances as dist_lib
-from jaxmatch.train import parallel
+from jaxmatch import parallel
 
 CUHK03_REPEATS = 10
 _REMOVED, _KEPT, _MATCH = 0, 1, 2

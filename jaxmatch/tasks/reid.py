@@ -17,7 +17,7 @@ from ml_collections import ConfigDict
 from jaxmatch import models
 from jaxmatch.tasks.model_task import ModelTask
 from jaxmatch.tasks.reid_data import ReidData
-from jaxmatch.train import parallel
+from jaxmatch import parallel
 
 TRAIN_KEYS = ("image", "label")
 # The Market protocol (same pid AND camera dropped) is also CUHK03-NP's, MSMT17's, VeRi's and Duke's.

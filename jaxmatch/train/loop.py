@@ -19,7 +19,7 @@ import optax
 from ml_collections import ConfigDict
 
 from jaxmatch.train import checkpoint as ckpt
-from jaxmatch.train import parallel
+from jaxmatch import parallel
 from jaxmatch.train.metrics import MetricWriter, ProgressBar
 from jaxmatch.train.state import TrainState, create_state, make_optimizer
 

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
+from jaxmatch.param_groups import FROZEN
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -103,9 +105,6 @@ def _group_optimizer(cfg: ConfigDict, lr: float, total_steps: int,
   if wd:
     chain.append(optax.add_decayed_weights(wd))
   return optax.chain(*chain, core) if chain else core
-
-
-FROZEN = "frozen"  # a model's label for parameters no optimizer may touch (torch: requires_grad False)
 
 
 def make_optimizer(cfg: ConfigDict, labels: Any, total_steps: int = 1,

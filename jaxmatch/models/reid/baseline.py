@@ -55,7 +55,7 @@ from jaxmatch.losses import accuracy, center_loss, cross_entropy, init_centers, 
 from jaxmatch.models.layers import linear_torch_bias, linear_torch_kernel
 from jaxmatch.models.reid.bnneck import BNNeck, classifier_init
 from jaxmatch.models.resnet import EXPANSION, RESNET_STAGES, ResNet, stage_features
-from jaxmatch.train.state import FROZEN
+from jaxmatch.param_groups import FROZEN
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 NECKS = ("bnneck", "no")
