@@ -29,7 +29,7 @@ from ml_collections import config_flags
 from jaxmatch import models
 from jaxmatch.models.resnet import RESNET_STAGES
 from jaxmatch.models.transformatcher.match2match import Match2Match
-from jaxmatch.models.transformatcher.model import compute_dtype
+from jaxmatch.models.common import compute_dtype
 from jaxmatch.models.transformatcher.variants import ATTENTIONS
 from jaxmatch.models.transformatcher.vanilla import attention_matrix_bytes
 

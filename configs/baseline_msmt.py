@@ -18,19 +18,14 @@ Reported (R-1 / mAP, %, MSMT17): NFormer paper Table 4, its ResNet-50 encoder 74
 """
 from __future__ import annotations
 
-import importlib.util
-import os
+import ml_collections
+
+from jaxmatch.config_utils import load_common
+
+common = load_common(__file__, "common_reid")
 
 
-def _market_recipe():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "baseline_market.py")
-  spec = importlib.util.spec_from_file_location("baseline_market", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def get_config(arg: str | None = None):
-  config = _market_recipe().get_config(arg)
-  config.data.dataset = "msmt17"
-  return config
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  if arg:
+    raise ValueError(f"unknown config argument {arg!r}; this recipe takes none")
+  return common.baseline_config("msmt17")

@@ -32,50 +32,16 @@ Paper, Table 1 (PCK, per-pair average):
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
 
-PFPASCAL_TRAIN_PAIRS = 2940
+from jaxmatch.config_utils import load_common
 
-
-def recipe_module(name: str):
-  """A sibling recipe file as a module (configs/ is not a package; config_flags loads files by path)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"jaxmatch_recipe_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def parse_args(arg: str | None) -> set[str]:
-  words = {w.strip() for w in (arg or "").split(",") if w.strip()}
-  unknown = sorted(words - {"smoke", "noaug"})
-  if unknown:
-    raise ValueError(f"unknown config arguments {unknown}; available: smoke, noaug (comma-separated)")
-  return words
-
-
-def pfpascal_training(arg: str | None) -> ml_collections.ConfigDict:
-  """PF-PASCAL training on the SPair recipe's model and optimiser (and, with 'smoke', its CPU shrink)."""
-  words = parse_args(arg)
-  config = recipe_module("transformatcher_spair").get_config("smoke" if "smoke" in words else None)
-  config.data.dataset = "pfpascal"
-  config.data.augment = "noaug" not in words
-  config.data.embedded.update(dict(trn=240, val=48, test=96))
-  if "smoke" not in words:
-    steps_per_epoch = PFPASCAL_TRAIN_PAIRS // config.train.batch_size
-    config.train.eval_every = steps_per_epoch
-    config.train.checkpoint_every = steps_per_epoch
-  return config
+common = load_common(__file__, "common_transformatcher")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  config = pfpascal_training(arg)
-  benchmark = recipe_module("transformatcher_spair").benchmark
-  config.eval.benchmarks = ml_collections.ConfigDict(dict(
-      pfpascal=benchmark("pfpascal"),
-      pfwillow=benchmark("pfwillow", thresholds=("pfwillow", "pfwillow_bbox_kp"))))
+  """arg: '', 'noaug', 'smoke' or 'smoke,noaug'."""
+  config = common.pfpascal_training(arg)
+  config.eval.benchmarks = ml_collections.ConfigDict(common.pf_benchmarks())
   config.eval.headline = "pfpascal"
   return config

@@ -27,24 +27,17 @@ Paper, Table 1 (PCK @ alpha_bbox = 0.1 on SPair-71k test, model trained on PF-PA
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
 
+from jaxmatch.config_utils import load_common
 
-def _pfpascal_recipe():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "transformatcher_pfpascal.py")
-  spec = importlib.util.spec_from_file_location("jaxmatch_recipe_transformatcher_pfpascal", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+common = load_common(__file__, "common_transformatcher")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """arg: '', 'noaug', 'smoke' or 'smoke,noaug' (as configs/transformatcher_pfpascal.py)."""
-  pfpascal = _pfpascal_recipe()
-  config = pfpascal.get_config(arg)
-  config.eval.benchmarks.spair = pfpascal.recipe_module("transformatcher_spair").benchmark("spair")
+  config = common.pfpascal_training(arg)
+  config.eval.benchmarks = ml_collections.ConfigDict(dict(**common.pf_benchmarks(),
+                                                          spair=common.benchmark("spair")))
   config.eval.headline = "spair"
   return config

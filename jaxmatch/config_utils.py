@@ -1,8 +1,11 @@
-"""Loading a recipe file outside the command line: `load_config('configs/x.py:arg')`."""
+"""Recipe files: `load_config('configs/x.py:arg')` outside the command line, and `load_common` for the
+shared parts (configs/common_*.py) a recipe builds on."""
 from __future__ import annotations
 
 import importlib.util
 import os
+import sys
+import types
 
 import ml_collections
 
@@ -16,3 +19,21 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
+
+
+def load_common(recipe_file: str, name: str) -> types.ModuleType:
+  """The shared recipe part `name` (a common_*.py next to `recipe_file`) as a module, imported once.
+
+  configs/ is a folder of files, not a package (`--config` loads recipes by path, from any working
+  directory), so the shared parts are found beside the recipe that uses them."""
+  path = os.path.join(os.path.dirname(os.path.abspath(recipe_file)), f"{name}.py")
+  key = f"jaxmatch_configs.{name}:{path}"
+  if key in sys.modules:
+    return sys.modules[key]
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"shared recipe part {name!r} not found: {path}")
+  spec = importlib.util.spec_from_file_location(key, path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[key] = module
+  spec.loader.exec_module(module)
+  return module

@@ -70,10 +70,8 @@ def test_eval_mode_uses_the_checkpoint(trained):
 
 def test_pfpascal_recipe_end_to_end_on_embedded_data(tmp_path):
   """Train on the embedded PF-PASCAL, evaluate PF-PASCAL test and PF-WILLOW under both thresholds."""
-  import importlib.util
-  figures = importlib.util.find_spec("jaxmatch.visualize") is not None
   args = ["--config=configs/transformatcher_pfpascal.py:smoke,noaug", *TINY[1:], "--config.train.num_steps=2",
-          "--config.train.eval_every=0", f"--config.eval.num_figures={2 if figures else 0}",
+          "--config.train.eval_every=0", "--config.eval.num_figures=2",
           f"--workdir={tmp_path / 'run'}"]
   proc = _main(args, tmp_path / "no_data_here")
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -83,10 +81,10 @@ def test_pfpascal_recipe_end_to_end_on_embedded_data(tmp_path):
   assert willow["pfwillow"]["pck@0.1"] >= willow["pfwillow_bbox_kp"]["pck@0.1"]
   pascal = json.load(open(tmp_path / "run" / "eval" / "final_model_pfpascal.json"))["results"]["pfpascal"]
   assert pascal["num_pairs"] == 8 and 0.0 <= pascal["pck@0.1"] <= 100.0
-  if figures:   # the first 2 pairs of each evaluation (before and after training) of each benchmark
-    drawn = os.listdir(tmp_path / "run" / "eval" / "figures")
-    assert len([f for f in drawn if f.startswith("final_pfwillow_") and f.endswith("_warp.png")]) == 2
-    assert len(drawn) == 2 * 2 * 2 * 2
+  # The first 2 pairs of each evaluation (before and after training) of each benchmark.
+  drawn = os.listdir(tmp_path / "run" / "eval" / "figures")
+  assert len([f for f in drawn if f.startswith("final_pfwillow_") and f.endswith("_warp.png")]) == 2
+  assert len(drawn) == 2 * 2 * 2 * 2
 
 
 def test_misspelled_override_names_the_key(tmp_path):
@@ -130,12 +128,12 @@ class _Killed(Exception):
 
 
 def _restore(workdir, config):
-  from jaxmatch import models
-  from jaxmatch.train import checkpoint as ckpt
   from jaxmatch import parallel
+  from jaxmatch.tasks.base import RestoreTask
+  from jaxmatch.train import checkpoint as ckpt
   from jaxmatch.train import loop
   mesh = parallel.make_mesh(1)
-  state, _ = loop.init_state(models.build(config), config.train, mesh, 0)
+  state, _ = loop.init_state(RestoreTask(config), config.train, mesh, 0)
   manager = ckpt.make_manager(str(workdir), with_data=False)
   restored, meta = ckpt.restore(manager, ckpt.abstract_like(state, parallel.replicated(mesh)))
   manager.close()

@@ -15,6 +15,8 @@ from jaxmatch.convert.to_workdir import convert_to_workdir
 from jaxmatch.convert.keys import CheckpointMismatchError
 from jaxmatch.convert.transformatcher import transformatcher_to_torch
 
+from conftest import optional_import
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -30,7 +32,7 @@ def tiny_config():
 @pytest.fixture(scope="module")
 def official_file(tmp_path_factory):
   """A random model written in the official layout (doubled backbone, match2match names) as .pth."""
-  torch = pytest.importorskip("torch")
+  torch = optional_import("torch")
   config = tiny_config()
   params, model_state = models.build(config).init_variables(jax.random.key(7))
   variables = jax.tree.map(np.asarray, {"params": params, **model_state})
@@ -90,7 +92,7 @@ def test_safetensors_and_npz_are_read(official_file, tmp_path):
 
 
 def test_pickled_code_is_refused_without_opt_in(tmp_path):
-  torch = pytest.importorskip("torch")
+  torch = optional_import("torch")
   path = tmp_path / "legacy.pth"
   torch.save({"state_dict": {"w": torch.zeros(2)}, "extra": _Legacy()}, path)
   with pytest.raises(ValueError, match="allow_pickle"):

@@ -149,7 +149,6 @@ def test_recipes_name_the_paper_settings():
 
 
 def test_figures_for_the_first_pairs(evaluated, tmp_path):
-  pytest.importorskip("jaxmatch.visualize.correspondence")
   task, _, _ = evaluated
   task.config.eval.num_figures = 3
   try:

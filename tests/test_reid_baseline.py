@@ -15,10 +15,12 @@ import optax
 import pytest
 from ml_collections import ConfigDict
 
-from jaxmatch import models
+from jaxmatch import convert, models
 from jaxmatch.losses import center_loss
 from jaxmatch.models.reid import BaselineModel, BNNeck
 from jaxmatch.train.state import make_optimizer
+
+from conftest import optional_import
 
 TINY = (1, 1, 1, 1)
 IMG = (32, 16)
@@ -234,18 +236,22 @@ def test_tiny_network_learns_a_toy_batch(tiny):
 
 
 def test_pretrained_backbone_comes_from_a_torchvision_file(tmp_path):
-  torchvision = pytest.importorskip("torchvision")
+  torchvision = optional_import("torchvision")
   sd = {k: v.numpy() for k, v in torchvision.models.resnet50().state_dict().items()}
   path = tmp_path / "resnet50.npz"
   np.savez(path, **sd)
-  model = BaselineModel(model_cfg(stage_sizes=None, pretrained=str(path)), img_size=IMG)
-  loaded, stats = model._with_pretrained_backbone({"neck": {}}, {"neck": {}})
+  config = ConfigDict(dict(model=model_cfg(stage_sizes=None, pretrained=str(path)), data=dict(img_size=IMG),
+                           train=dict(seed=0)))
+  fresh = jax.eval_shape(models.build(config).init_variables, jax.random.key(0))
+  fresh = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), {"params": fresh[0], **fresh[1]})
+  variables = convert.imagenet_start(config, sd, fresh)
+  loaded, stats = variables["params"], variables["batch_stats"]
   np.testing.assert_array_equal(loaded["backbone"]["stem"]["conv1"]["kernel"],
                                 np.transpose(sd["conv1.weight"], (2, 3, 1, 0)))
   np.testing.assert_array_equal(stats["backbone"]["layer4_2"]["bn3"]["var"], sd["layer4.2.bn3.running_var"])
   assert "neck" in loaded  # the head keeps its fresh initialisation
-  params, state = BaselineModel(model_cfg(stage_sizes=None, pretrained=str(path)), img_size=IMG).load_pretrained(
-      {"neck": {}}, {"batch_stats": {"neck": {}}})
+  params, state = convert.with_configured_pretrained(config, fresh["params"],
+                                                     {"batch_stats": fresh["batch_stats"]})
   np.testing.assert_array_equal(params["backbone"]["stem"]["conv1"]["kernel"],
                                 np.transpose(sd["conv1.weight"], (2, 3, 1, 0)))
   assert "neck" in state["batch_stats"]

@@ -13,8 +13,10 @@ from jaxmatch.convert.resnet import load_torchvision_resnet, resnet_from_torch, 
 from jaxmatch.models.layers import TorchBatchNorm
 from jaxmatch.models.resnet import ResNet, resnet
 
-torch = pytest.importorskip("torch")
-torchvision = pytest.importorskip("torchvision")
+from conftest import optional_import
+
+torch = optional_import("torch")
+torchvision = optional_import("torchvision")
 
 RTOL = 1e-5  # float32: max |diff| relative to max |reference|
 # Train mode: BN over few values per channel (8 in layer4 here) amplifies float32 rounding; torch float32

@@ -56,7 +56,9 @@ class _Records(grain.MapDataset):
 
 
 class ToyTask:
+  """Implements every member of jaxmatch.train.task.Task itself (no ModelTask base)."""
   unit = "examples"
+  steps_per_epoch = None
 
   def __init__(self, poison_after: int | None = None):
     self.module = ToyNet()
@@ -66,6 +68,9 @@ class ToyTask:
   def init_variables(self, rng):
     v = self.module.init(rng, jnp.zeros((2, 4)), train=False)
     return v["params"], {"batch_stats": v["batch_stats"]}
+
+  def load_pretrained(self, params, model_state):
+    return params, model_state
 
   def param_labels(self, params):
     return label_by_prefix(params, {"backbone": "backbone"}, default="head")

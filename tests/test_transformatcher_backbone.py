@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FIXTURES, load_fixture
+from conftest import FIXTURES, load_fixture, require_file
 
 from jaxmatch.convert.keys import KeyAccountant
 from jaxmatch.convert.resnet import (bottleneck_from_torch, resnet_from_torch, resnet_to_torch,
@@ -68,9 +68,7 @@ def row_index_tensor(shape):
 
 
 def test_key_mapping_covers_all_626_official_keys():
-  path = FIXTURES / f"{NAME}.json"
-  if not path.exists():
-    pytest.skip(f"manifest {path} not available")
+  path = require_file(FIXTURES / f"{NAME}.json")
   mapping = json.loads(path.read_text())["key_mapping"]
   assert len(mapping) == 626
   # Zero-copy stand-in checkpoint: each tensor's value is its dim-0 row index (integers skip the

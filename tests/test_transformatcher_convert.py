@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from conftest import SHARED
+from conftest import SHARED, require_file
 from jaxmatch.convert.keys import CheckpointMismatchError, KeyAccountant
 from jaxmatch.convert.transformatcher import (FREQS_REASON, POSENC_REASON, match2match_from_torch,
                                               match2match_params_from_state_dict,
@@ -22,9 +22,7 @@ PREFIX = "match2match."
 
 @pytest.fixture(scope="module")
 def official_shapes():
-  path = SHARED / "reference" / "transformatcher_state_dict.json"
-  if not path.exists():
-    pytest.skip(f"{path} not available")
+  path = require_file(SHARED / "reference" / "transformatcher_state_dict.json")
   shapes = json.loads(path.read_text())
   return {k: tuple(v) for k, v in shapes.items() if k.startswith(PREFIX)}
 

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED
+from conftest import REPO, SHARED, require_file
 from jaxmatch.config_utils import load_config
 from jaxmatch import convert, models
 from jaxmatch.convert.keys import CheckpointMismatchError
@@ -20,9 +20,7 @@ def _recipe(arg=None):
 
 def official_like_state_dict(seed: int = 0) -> dict:
   """Random tensors with every official key and shape (reference/transformatcher_state_dict.json)."""
-  path = SHARED / "reference" / "transformatcher_state_dict.json"
-  if not path.exists():
-    pytest.skip("reference state_dict listing not available")
+  path = require_file(SHARED / "reference" / "transformatcher_state_dict.json")
   listing = json.loads(path.read_text())
   entries = listing.get("tensors", listing) if isinstance(listing, dict) else listing
   rng = np.random.default_rng(seed)

@@ -28,6 +28,8 @@ from jaxmatch.models.transformatcher.rotary import rotary_table
 from jaxmatch.models.transformatcher.vanilla import SoftmaxAttention, attention_matrix_bytes
 from test_convert_cli import tiny_config
 
+from conftest import optional_import
+
 B, T, DIM, HEADS, HD = 2, 81, 16, 8, 4
 
 
@@ -273,7 +275,7 @@ def _taps(seed):
 
 
 def torch_resize(x, size):
-  torch = pytest.importorskip("torch")
+  torch = optional_import("torch")
   t = torch.from_numpy(np.array(x, np.float32)).permute(0, 3, 1, 2)
   out = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=True)
   return out.permute(0, 2, 3, 1).double().numpy()

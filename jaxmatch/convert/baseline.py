@@ -188,3 +188,28 @@ def classifier_rows(state_dict: Mapping) -> int | None:
   sd = strip_prefix(state_dict)
   weight = sd.get(f"{detect_prefix(sd)}classifier.weight")
   return None if weight is None else int(np.shape(weight)[0])
+
+
+def from_torch(config, state_dict: Mapping[str, np.ndarray], drop_classifier: bool = False) -> dict:
+  """The model contract's converter; fresh centres (and a dropped classifier) are drawn from train.seed."""
+  return baseline_from_torch(state_dict, config.model, drop_classifier=drop_classifier,
+                             seed=int(config.train.get("seed", 0)))
+
+
+def complete_config(config, state_dict: Mapping[str, np.ndarray]) -> None:
+  """Sizes the classifier from the checkpoint when the recipe leaves num_classes to the training ids."""
+  if config.model.get("num_classes"):
+    return
+  rows = classifier_rows(state_dict)
+  if rows is None:
+    raise ValueError("the checkpoint has no classifier to size the model by: set --config.model.num_classes")
+  config.model.num_classes = rows
+
+
+def imagenet_start(config, state_dict: Mapping[str, np.ndarray], variables: Mapping) -> dict:
+  """The official start: every torchvision key but fc into the ResNet backbone; neck, classifier and
+  centres keep their fresh initialisation."""
+  if config.model.get("stage_sizes"):
+    raise ValueError("config.model.pretrained loads a torchvision ResNet; leave stage_sizes unset")
+  from jaxmatch.convert.resnet import backbones_from_torchvision
+  return backbones_from_torchvision(state_dict, int(config.model.get("depth", 50)), variables)

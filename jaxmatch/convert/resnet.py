@@ -16,8 +16,8 @@ from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from jaxmatch.convert.keys import (KeyAccountant, get_path, set_path, torch_conv_to_flax,
-                                   torch_linear_to_flax)
+from jaxmatch.convert.keys import (KeyAccountant, assert_tree_matches, get_path, set_path,
+                                   torch_conv_to_flax, torch_linear_to_flax)
 from jaxmatch.convert.torch_io import to_numpy_tree
 from jaxmatch.models.resnet import EXPANSION, RESNET_STAGES, STEM_FEATURES, stage_features
 
@@ -192,3 +192,25 @@ def resnet_to_torch(variables: Mapping, stage_sizes, prefix: str = "") -> dict[s
   num_classes = 1000 if fc_bias is None else int(np.shape(fc_bias)[0])
   tensors = resnet_tensors(stage_sizes, prefix, num_stages, fc_bias is not None, num_classes)
   return tensors_to_torch(variables, tensors)
+
+
+def backbones_from_torchvision(state_dict: Mapping, depth: int, variables: Mapping) -> dict:
+  """`variables` with a torchvision resnet{depth} file in every top-level module named '*backbone' (the
+  model's backbone may stop before layer4: only the part it has is taken); fc is never used."""
+  tv = load_torchvision_resnet(state_dict, depth, include_fc=False)
+  out = {c: dict(tree) for c, tree in variables.items()}
+  names = [k for k in out["params"] if k.endswith("backbone")]
+  if not names:
+    raise ValueError("the model has no backbone to put the torchvision ResNet into")
+  for name in names:
+    for collection in ("params", "batch_stats"):
+      sub = _take_matching(out[collection][name], tv[collection])
+      assert_tree_matches(out[collection][name], sub, what=f"torchvision {collection} for {name}")
+      out[collection][name] = sub
+  return out
+
+
+def _take_matching(expected: Mapping, source: Mapping) -> dict:
+  """The part of `source` under `expected`'s keys."""
+  return {k: (_take_matching(v, source[k]) if isinstance(v, Mapping) else source[k])
+          for k, v in expected.items() if k in source}

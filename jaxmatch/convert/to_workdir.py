@@ -11,8 +11,8 @@ def convert_to_workdir(config, workdir: str, torch_checkpoint: str | None = None
   import numpy as np
 
   from jaxmatch import convert, models
-  from jaxmatch.train import checkpoint as ckpt
   from jaxmatch import parallel
+  from jaxmatch.train import checkpoint as ckpt
   from jaxmatch.train.state import create_state, make_optimizer
 
   if bool(torch_checkpoint) == bool(torchvision_resnet):
@@ -27,9 +27,8 @@ def convert_to_workdir(config, workdir: str, torch_checkpoint: str | None = None
     source = torch_checkpoint
   else:
     params, model_state = model.init_variables(jax.random.key(config.train.seed))
-    variables = convert.backbones_from_torchvision(
-        config, convert.load_state_dict(torchvision_resnet, allow_pickle),
-        {"params": params, **jax.tree.map(np.asarray, model_state)})
+    variables = convert.imagenet_start(config, convert.load_state_dict(torchvision_resnet, allow_pickle),
+                                       {"params": params, **jax.tree.map(np.asarray, model_state)})
     source = torchvision_resnet
   convert.assert_tree_matches({"params": expected_params, **expected_state}, variables)
 

@@ -162,6 +162,17 @@ def transformatcher_from_torch(state_dict: Mapping[str, np.ndarray], model_cfg) 
   return {"params": params, "batch_stats": {name: v["batch_stats"] for name, v in streams.items()}}
 
 
+def from_torch(config, state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  """The model contract's converter: an official checkpoint for the recipe `config`."""
+  return transformatcher_from_torch(state_dict, config.model)
+
+
+def imagenet_start(config, state_dict: Mapping[str, np.ndarray], variables: Mapping) -> dict:
+  """The official start: one torchvision ResNet file (e.g. resnet101) in both streams, the head random."""
+  from jaxmatch.convert.resnet import backbones_from_torchvision
+  return backbones_from_torchvision(state_dict, int(config.model.backbone_depth), variables)
+
+
 def transformatcher_to_torch(variables: Mapping, model_cfg) -> dict[str, np.ndarray]:
   """Inverse of `transformatcher_from_torch`: jaxmatch variables -> an official-layout state_dict.
 

@@ -1,21 +1,11 @@
-"""Model registry: `build(config)` returns the model object the shared loop and converters use.
+"""Models: one package per model plus shared layers and helpers; `registry` is the one place that maps
+config.model.name to a model's contract (build, converters, parity adapter, batch fields).
 
-Each model object owns its linen `module`, `init_variables(rng) -> (params, model_state)`,
-`loss_fn(params, model_state, batch, rng) -> (loss, (model_state, metrics))`, `predict(...)` and
-`param_labels(params)` (parameter groups with their own learning rates).
+  model = jaxmatch.models.build(config)      # the model object the shared loop and the tasks call
+  contract = jaxmatch.models.contract_of(config)
 """
-from __future__ import annotations
+from jaxmatch.models.registry import (MODELS, ModelContract, build, contract_of, get_contract, names,
+                                      register, unregister)
 
-from ml_collections import ConfigDict
-
-
-def build(config: ConfigDict):
-  """Builds the model named by config.model.name, e.g. `build(get_config())` for TransforMatcher."""
-  name = config.model.name
-  if name == "transformatcher":
-    from jaxmatch.models.transformatcher.model import TransforMatcherModel
-    return TransforMatcherModel(config.model, img_size=config.data.img_size)
-  if name == "baseline":
-    from jaxmatch.models.reid.baseline import BaselineModel
-    return BaselineModel(config.model, img_size=config.data.img_size)
-  raise ValueError(f"unknown config.model.name {name!r}; available: transformatcher, baseline")
+__all__ = ["MODELS", "ModelContract", "build", "contract_of", "get_contract", "names", "register",
+           "unregister"]

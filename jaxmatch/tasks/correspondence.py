@@ -25,7 +25,7 @@ from ml_collections import ConfigDict
 from jaxmatch import models
 from jaxmatch.evaluation.pck import ALPHAS, PCKAccumulator, pck_threshold
 from jaxmatch.tasks.correspondence_data import dataset_spec, prepare_sources
-from jaxmatch.tasks.model_task import ModelTask
+from jaxmatch.tasks.base import ModelTask
 from jaxmatch import parallel
 
 DEVICE_KEYS = ("src_img", "trg_img", "src_kps", "trg_kps", "kp_mask")

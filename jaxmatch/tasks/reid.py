@@ -15,7 +15,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from jaxmatch import models
-from jaxmatch.tasks.model_task import ModelTask
+from jaxmatch.tasks.base import ModelTask
 from jaxmatch.tasks.reid_data import ReidData
 from jaxmatch import parallel
 

@@ -1,7 +1,8 @@
 """The training loop shared by every model: a pure jitted train step over a device mesh.
 
-A task (see jaxmatch/tasks) supplies the model's init, loss, parameter groups, data and evaluation; this
-module owns sharding, the step, finite checks, checkpoints, metrics and the evaluation cadence.
+A task (the `jaxmatch.train.task.Task` protocol) supplies the model's init, loss, parameter groups, data
+and evaluation; this module owns sharding, the step, finite checks, checkpoints, metrics and the
+evaluation cadence.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,7 @@ from jaxmatch.train import checkpoint as ckpt
 from jaxmatch import parallel
 from jaxmatch.train.metrics import MetricWriter, ProgressBar
 from jaxmatch.train.state import TrainState, create_state, make_optimizer
+from jaxmatch.train.task import Task
 
 
 class NonFiniteError(FloatingPointError):
@@ -53,17 +55,22 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Call
   return step
 
 
-def init_state(task, tx_config: ConfigDict, mesh, seed: int, total_steps: int = 1):
-  """Params are born replicated on the mesh: init runs under jit with a replicated out_sharding."""
+def init_state(task: Task, tx_config: ConfigDict, mesh, seed: int, total_steps: int = 1):
+  """Params are born replicated on the mesh: init runs under jit with a replicated out_sharding; file-based
+  weights (the ImageNet start) are read on the host afterwards, so they never become jit constants."""
   repl = parallel.replicated(mesh)
   params, model_state = jax.jit(task.init_variables, out_shardings=repl)(jax.random.key(seed))
-  load_pretrained = getattr(task, "load_pretrained", None)
-  if load_pretrained is not None:  # host-side file reads stay out of the jitted init
-    params, model_state = jax.device_put(load_pretrained(params, model_state), repl)
-  tx = make_optimizer(tx_config, task.param_labels(params), total_steps,
-                      getattr(task, "steps_per_epoch", None))
+  params, model_state = jax.device_put(task.load_pretrained(params, model_state), repl)
+  tx = make_optimizer(tx_config, task.param_labels(params), total_steps, task.steps_per_epoch)
   state = jax.jit(lambda p, m: create_state(p, m, tx), out_shardings=repl)(params, model_state)
   return state, tx
+
+
+def _close(data_iter) -> None:
+  """Stops the iterator's worker processes (grain iterators gained `close` in later releases)."""
+  close = getattr(data_iter, "close", None)
+  if close is not None:
+    close()
 
 
 def _save_config(workdir: str, config: ConfigDict) -> None:
@@ -83,7 +90,7 @@ def _check_finite(metrics: dict, step: int, workdir: str) -> None:
         "learning rate or inspect the data before resuming.")
 
 
-def train_and_evaluate(config: ConfigDict, workdir: str, task,
+def train_and_evaluate(config: ConfigDict, workdir: str, task: Task,
                        after_step: Callable[[int], None] | None = None) -> RunResult:
   """Trains `task` per `config.train`, resuming from `workdir` automatically; evaluates periodically."""
   tcfg = config.train
@@ -141,9 +148,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, task,
   finally:
     bar.close()
     manager.close()
-    close = getattr(data_iter, "close", None)
-    if close:
-      close()
+    _close(data_iter)
 
   eval_after = task.evaluate(state.params, state.model_state, mesh, workdir, step=step, tag="final")
   writer.write(step, eval_after, prefix="eval/")
@@ -151,7 +156,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, task,
   return RunResult(step=step, eval_before=eval_before, eval_after=eval_after)
 
 
-def evaluate_checkpoint(config: ConfigDict, workdir: str, task, step: int | None = None) -> dict:
+def evaluate_checkpoint(config: ConfigDict, workdir: str, task: Task, step: int | None = None) -> dict:
   """Restores the workdir's (latest) checkpoint onto the current mesh and evaluates it."""
   mesh = parallel.make_mesh(config.train.get("num_devices") or None)
   state, _ = init_state(task, config.train, mesh, config.train.seed)

@@ -43,7 +43,6 @@ single-GPU run sees its one batch of 64 too. Training batches are full PK batche
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -52,20 +51,14 @@ import jax.numpy as jnp
 from ml_collections import ConfigDict
 
 from jaxmatch.losses import accuracy, center_loss, cross_entropy, init_centers, triplet_loss
+from jaxmatch.models.common import compute_dtype, image_size
 from jaxmatch.models.layers import linear_torch_bias, linear_torch_kernel
 from jaxmatch.models.reid.bnneck import BNNeck, classifier_init
 from jaxmatch.models.resnet import EXPANSION, RESNET_STAGES, ResNet, stage_features
 from jaxmatch.param_groups import FROZEN
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 NECKS = ("bnneck", "no")
 NECK_FEATS = ("after", "before")
-
-
-def compute_dtype(name: str):
-  if name not in _DTYPES:
-    raise ValueError(f"config.model.dtype must be one of {sorted(_DTYPES)}, got {name!r}")
-  return _DTYPES[name]
 
 
 class StrongBaseline(nn.Module):
@@ -116,21 +109,6 @@ def l2_normalize(x):
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def _image_size(img_size) -> tuple[int, int]:
-  size = (int(img_size), int(img_size)) if isinstance(img_size, int) else tuple(int(s) for s in img_size)
-  if len(size) != 2 or min(size) < 16:  # the layer3 map (and layer4 with last stride 1) is 1/16
-    raise ValueError(f"img_size must be an int or (height, width) of at least 16 px, got {img_size!r}")
-  return size
-
-
-@functools.lru_cache(maxsize=2)
-def _torchvision_backbone(path: str, depth: int) -> dict:
-  """Backbone variables {'params', 'batch_stats'} (numpy) from a torchvision resnet file; fc is unused."""
-  from jaxmatch.convert.resnet import load_torchvision_resnet
-  from jaxmatch.convert.torch_io import load_state_dict
-  return load_torchvision_resnet(load_state_dict(path), depth, include_fc=False)
-
-
 @dataclasses.dataclass(frozen=True)
 class BaselineModel:
   """Init, losses, test feature and parameter groups of the strong baseline for the shared loop."""
@@ -161,7 +139,7 @@ class BaselineModel:
 
   def init_variables(self, rng):
     net_rng, center_rng = jax.random.split(rng)
-    h, w = _image_size(self.img_size)
+    h, w = image_size(self.img_size, min_side=16)  # layer3 (and layer4, last stride 1) is 1/16
     # Batch of 2: init runs the train-free path, but keep shapes honest for BatchNorm.
     variables = self.module.init(net_rng, jnp.zeros((2, h, w, 3), jnp.float32), train=False)
     params, stats = dict(variables["params"]), dict(variables["batch_stats"])
@@ -170,22 +148,6 @@ class BaselineModel:
     if self.cfg.get("center_loss_weight", 0.0):
       params["centers"] = init_centers(center_rng, int(self.cfg.num_classes), self.feat_dim)
     return params, {"batch_stats": stats}
-
-  def load_pretrained(self, params, model_state):
-    """Host-side, after the jitted init (so ~100 MB of weights never become compile-time constants):
-    the ImageNet backbone of config.model.pretrained, or the variables unchanged when none is set."""
-    if not self.cfg.get("pretrained"):
-      return params, model_state
-    params, stats = self._with_pretrained_backbone(dict(params), dict(model_state["batch_stats"]))
-    return params, {**model_state, "batch_stats": stats}
-
-  def _with_pretrained_backbone(self, params, stats):
-    """ImageNet start as the official loader: every torchvision key but fc goes to the backbone."""
-    if self.cfg.get("stage_sizes"):
-      raise ValueError("config.model.pretrained loads a torchvision ResNet; leave stage_sizes unset")
-    loaded = _torchvision_backbone(self.cfg.pretrained, int(self.cfg.get("depth", 50)))
-    as_jax = functools.partial(jax.tree.map, jnp.asarray)
-    return {**params, "backbone": as_jax(loaded["params"])}, {**stats, "backbone": as_jax(loaded["batch_stats"])}
 
   def param_labels(self, params):
     def group(name):
@@ -246,3 +208,7 @@ class BaselineModel:
     if self.cfg.get("feat_norm", True) if normalize is None else normalize:
       feat = l2_normalize(feat)
     return feat
+
+
+def build(config: ConfigDict) -> BaselineModel:
+  return BaselineModel(config.model, img_size=config.data.img_size)

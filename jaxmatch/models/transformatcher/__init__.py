@@ -1,5 +1,6 @@
 """TransforMatcher (Kim, Min, Cho, CVPR 2022): correlation, match-to-match head, keypoint transfer,
 and the paper's attention / position / correlation variants."""
+from jaxmatch.models.registry import ModelContract
 from jaxmatch.models.transformatcher.attention import AdditiveAttention
 from jaxmatch.models.transformatcher.correlation import (concat_correlation, correlation_by_mode,
                                                          l2_normalize, mean_correlation,
@@ -19,7 +20,16 @@ from jaxmatch.models.transformatcher.rotary import apply_rotary, rotary_angles, 
 from jaxmatch.models.transformatcher.vanilla import SoftmaxAttention
 from jaxmatch.models.transformatcher.variants import ATTENTIONS, make_attention
 
+CONTRACT = ModelContract(
+    name="transformatcher", task="correspondence", build="jaxmatch.models.transformatcher.model:build",
+    train_fields=("src_img", "trg_img", "src_kps", "trg_kps", "kp_mask"),
+    eval_fields=("src_img", "trg_img", "src_kps", "trg_kps", "kp_mask"),
+    from_torch="jaxmatch.convert.transformatcher:from_torch",
+    imagenet_start="jaxmatch.convert.transformatcher:imagenet_start",
+    parity_adapter="jaxmatch.parity.transformatcher")
+
 __all__ = [
+    "CONTRACT",
     "ATTENTIONS", "AbsolutePositionEmbedding", "AdditiveAttention", "LinformerAttention", "Match2Match",
     "Match2MatchBlock", "PerformerAttention", "SoftmaxAttention", "TAU_EVAL", "TAU_TRAIN",
     "apply_rotary", "concat_correlation", "correlation_by_mode", "dense_source_positions",

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
+from jaxmatch.models.common import compute_dtype
 from jaxmatch.models.resnet import RESNET_STAGES, ResNet
 from jaxmatch.models.transformatcher import geometry
 from jaxmatch.models.transformatcher.correlation import CORRELATION_MODES, correlation_by_mode
@@ -33,17 +34,10 @@ from jaxmatch.models.transformatcher.positional import check_position_mode
 from jaxmatch.models.transformatcher.vanilla import DEFAULT_MAX_ATTENTION_BYTES
 from jaxmatch.models.transformatcher.variants import check_attention
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # Variant keys and their defaults (the official code's choices), for configs that predate them.
 VARIANT_DEFAULTS = dict(attention="additive", position="rotary", correlation="multi",
                         performer_features=DEFAULT_NUM_FEATURES, linformer_k=DEFAULT_PROJECTED_LENGTH,
                         max_attention_bytes=DEFAULT_MAX_ATTENTION_BYTES, performer_eval_seed=0)
-
-
-def compute_dtype(name: str):
-  if name not in _DTYPES:
-    raise ValueError(f"config.model.dtype must be one of {sorted(_DTYPES)}, got {name!r}")
-  return _DTYPES[name]
 
 
 class TransforMatcher(nn.Module):
@@ -202,3 +196,7 @@ class TransforMatcherModel:
     src = geometry.normalize_kps(batch["src_kps"], self.img_size)
     weights = geometry.soft_sampler_weights(src, self.grid, self.cfg.tau_eval)  # [B, K, S]
     return geometry.unnormalize_kps(jnp.einsum("bks,bsc->bkc", weights, flow), self.img_size)
+
+
+def build(config: ConfigDict) -> TransforMatcherModel:
+  return TransforMatcherModel(config.model, img_size=config.data.img_size)
