@@ -1,7 +1,10 @@
 """Re-ID evaluation: parity with torchreid / TransReID / NFormer / fast-reid (fixtures/reid_eval), the
-classic CUHK03 protocol with the recorded random draws, k-reciprocal re-ranking against TransReID (float16)
-and torchreid (float32) and against a dense re-derivation, blocking and 8-device sharding invariance."""
+classic CUHK03 protocol with the recorded random draws, k-reciprocal re-ranking against TransReID (float16),
+torchreid (float32), a dense re-derivation and a numpy float32 port of torchreid on near-tied data (the
+row-max normalisation bit for bit), blocking and 8-device sharding invariance."""
 from __future__ import annotations
+
+import functools
 
 import jax
 import numpy as np
@@ -343,6 +346,145 @@ def test_block_memory_estimates_cover_the_compiled_temporaries():
     final = reranked.distances(sparse)
     used = _temp_bytes(final.fn, *(r[:b] for r in final.rows), *final.shared)
     assert used <= b * reranked.bytes_per_row(sparse), (sparse, used / b, reranked.bytes_per_row(sparse))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Re-ranking against numpy float32: the row-max normalisation bit for bit, then every list decision
+
+def squared_distances(feats):
+  """[N, N] float32 squared euclidean distances (from float64, so >= 0) with an exact zero diagonal."""
+  f = feats.astype(np.float64)
+  sq = (f ** 2).sum(1)
+  full = np.maximum(sq[:, None] + sq[None, :] - 2 * f @ f.T, 0).astype(np.float32)
+  np.fill_diagonal(full, 0)
+  return full
+
+
+def plant_near_ties(full, lengths, seed=0):
+  """Per row and list length L, the entries at sorted positions L-1 and L become adjacent floats a < b
+  whose quotients by the row maximum differ but coincide as a * (1 / max). The larger, b, goes to the
+  lower column index, so an equality broken by index would move b into the first L and a out of it."""
+  rs = np.random.RandomState(seed)
+  full = full.copy()
+  for row in full:
+    m = row.max()
+    for length in sorted(lengths, reverse=True):
+      order = np.argsort(row, kind='stable')
+      lo, hi = row[order[length - 2]], row[order[length + 1]]
+      for a in rs.uniform(lo, hi, 200).astype(np.float32):
+        b = np.nextafter(a, np.float32(np.inf))
+        if lo < a and b < hi and a / m != b / m and a * (np.float32(1) / m) == b * (np.float32(1) / m):
+          first, second = sorted(order[length - 1:length + 1])
+          row[first], row[second] = b, a
+          break
+  return full
+
+
+def torchreid_rerank(original_dist, num_query, k1, k2, lam):
+  """torchreid's re_ranking from its squared [N, N] matrix on, in numpy float32, argsort made stable."""
+  original_dist = np.transpose(1. * original_dist / np.max(original_dist, axis=0))
+  n = original_dist.shape[0]
+  v = np.zeros_like(original_dist)
+  rank = np.argsort(original_dist, kind='stable').astype(np.int32)
+  half = int(np.around(k1 / 2.)) + 1
+
+  def reciprocal(i, k):
+    forward = rank[i, :k]
+    return forward[np.where(rank[forward, :k] == i)[0]]
+
+  for i in range(n):
+    core = reciprocal(i, k1 + 1)
+    expansion = core
+    for c in core:
+      cand = reciprocal(c, half)
+      if len(np.intersect1d(cand, core)) > 2. / 3 * len(cand):
+        expansion = np.append(expansion, cand)
+    expansion = np.unique(expansion)
+    weight = np.exp(-original_dist[i, expansion])
+    v[i, expansion] = weight / np.sum(weight)
+  if k2 != 1:
+    v = np.stack([np.mean(v[rank[i, :k2], :], axis=0) for i in range(n)])
+  inv_index = [np.where(v[:, j] != 0)[0] for j in range(n)]
+  jaccard_dist = np.zeros((num_query, n), np.float32)
+  for i in range(num_query):
+    temp_min = np.zeros((1, n), np.float32)
+    non_zero = np.where(v[i, :] != 0)[0]
+    for j in non_zero:
+      rows = inv_index[j]
+      temp_min[0, rows] = temp_min[0, rows] + np.minimum(v[i, j], v[rows, j])
+    jaccard_dist[i] = 1 - temp_min / (2. - temp_min)
+  final = jaccard_dist * (1 - lam) + original_dist[:num_query] * lam
+  return final[:, num_query:]
+
+
+def near_tie_case(k1, k2, seed=3):
+  """Rows for matrix_distances (row i = the reference's column i) with near ties at every list boundary."""
+  qf, gf = synthetic_reid(seed=seed)[:2]
+  half = int(np.around(k1 / 2)) + 1
+  return plant_near_ties(squared_distances(np.concatenate([qf, gf])), (k1 + 1, half, k2)), qf.shape[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _normalised_kernel(source_fn):
+  def kernel(*args):
+    return distances.divide_by_row_max(source_fn(*args))
+  return kernel
+
+
+def _normalised_and_raw(source, block_size):
+  run = functools.partial(distances.gather_row_blocks, rows=source.rows, shared=source.shared,
+                          block_size=block_size)
+  return run(_normalised_kernel(source.fn)), run(source.fn)
+
+
+def test_rerank_row_max_normalisation_keeps_a_near_tie_apart():
+  row = np.array([[0.7555896, 0.75558954, 2.321361]], np.float32)
+  got, _ = _normalised_and_raw(distances.matrix_distances(row), 1)
+  np.testing.assert_array_equal(got, row / row.max(axis=1, keepdims=True))   # 0.32549423, 0.3254942
+  assert got[0, 0] != got[0, 1]
+
+
+@pytest.mark.parametrize('data', ['features', 'torchreid matrices', 'near ties'])
+def test_rerank_normalised_distances_equal_numpy(fx, data):
+  """The d every re-ranking step reads (rows divided by their maximum) is numpy's, bit for bit, given the
+  same undivided rows (from features those are XLA's matmul, not numpy's)."""
+  qf, gf = synthetic_reid(seed=2)[:2]
+  sources = {
+      'features': lambda: rerank.feature_source(qf, gf),
+      'torchreid matrices': lambda: rerank.matrix_source(
+          *(fx[f'out/rerank/torchreid_sqdist_{k}'] for k in ('qg', 'qq', 'gg'))),
+      'near ties': lambda: distances.matrix_distances(near_tie_case(20, 6)[0]),
+  }
+  normalised, raw = _normalised_and_raw(sources[data](), block_size=11)
+  expected = raw / raw.max(axis=1, keepdims=True)
+  np.testing.assert_array_equal(normalised, expected)
+  if data == 'near ties':
+    reciprocal = raw * (np.float32(1) / raw.max(axis=1, keepdims=True))
+    assert (reciprocal != expected).mean() > 0.2
+
+
+@pytest.mark.parametrize('k1,k2', [(20, 6), (9, 3)])
+def test_rerank_neighbour_lists_equal_numpy_on_near_ties(k1, k2):
+  full, _ = near_tie_case(k1, k2)
+  k = max(k1 + 1, k2)
+  nn = rerank.neighbour_lists(distances.matrix_distances(full), k, block_size=16)
+  expected = np.argsort(full / full.max(axis=1, keepdims=True), axis=1, kind='stable')[:, :k]
+  np.testing.assert_array_equal(nn, expected)
+
+
+@pytest.mark.parametrize('k1,k2,lam', [(20, 6, 0.3), (9, 3, 0.5)])
+def test_rerank_equals_numpy_torchreid_on_near_ties(k1, k2, lam):
+  """Near ties at positions k1 + 1, round(k1 / 2) + 1 and k2 of the lists: with quotients an ulp off
+  (multiplication by the reciprocal) the sets change and the results move by up to 0.24 here; with
+  exact division only exp and the order of sums differ from numpy."""
+  full, nq = near_tie_case(k1, k2)
+  config = rerank.RerankConfig(k1=k1, k2=k2, lambda_value=lam)
+  reranked = rerank.prepare(distances.matrix_distances(full), nq, config, block_size=16)
+  expected = torchreid_rerank(full.T, nq, k1, k2, lam)
+  for sparse in (True, False):
+    dist = reranked.distances(sparse)
+    out = distances.gather_row_blocks(dist.fn, dist.rows, dist.shared, block_size=8)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=TOL, err_msg=f'sparse={sparse}')
 
 
 # ---------------------------------------------------------------------------------------------------

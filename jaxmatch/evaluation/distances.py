@@ -30,11 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
-from jaxmatch import parallel
+from jaxmatch import numerics, parallel
+from jaxmatch.numerics import NORMALIZE_EPS, l2_normalize  # noqa: F401  (re-exported)
 
 METRICS = ('sqeuclidean', 'euclidean', 'cosine')
 HIGHEST = jax.lax.Precision.HIGHEST
-NORMALIZE_EPS = 1e-12
 DEFAULT_MEMORY_BUDGET = 1 << 30   # bytes of block temporaries per call when no block size is given
 
 
@@ -42,13 +42,6 @@ def check_metric(metric: str) -> str:
   if metric not in METRICS:
     raise ValueError(f'unknown distance metric {metric!r}; expected one of {METRICS}')
   return metric
-
-
-def l2_normalize(x, eps: float = NORMALIZE_EPS):
-  """x / max(||x||, eps) row-wise (torch.nn.functional.normalize); numpy or jax in, same out."""
-  xp = jnp if isinstance(x, jax.Array) else np
-  norm = xp.sqrt(xp.sum(x * x, axis=-1, keepdims=True))
-  return x / xp.maximum(norm, eps)
 
 
 def squared_norms(x: jax.Array) -> jax.Array:
@@ -75,8 +68,9 @@ def tree_sum(x: jax.Array) -> jax.Array:
 
 def divide_by_row_max(d: jax.Array) -> jax.Array:
   """Each row divided by its maximum (re-ranking's normalisation: the reference divides a symmetric matrix
-  by its column maxima, which is the same thing transposed)."""
-  return d / jnp.max(d, axis=1, keepdims=True)
+  by its column maxima, which is the same thing transposed). Exact division, as numpy's: a quotient one
+  ulp off can swap two near-tied neighbours at a list boundary and change a k-reciprocal set."""
+  return numerics.divide(d, jnp.max(d, axis=1, keepdims=True))
 
 
 def pairwise_distance(x: jax.Array, y: jax.Array, metric: str) -> jax.Array:

@@ -12,17 +12,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmatch import numerics
 from jaxmatch.evaluation import distances as dist_lib
 from jaxmatch.evaluation.float16 import round_if
-
-if TYPE_CHECKING:
-  from jaxmatch.evaluation.rerank import RerankConfig
+from jaxmatch.evaluation.rerank_config import RerankConfig
 
 
 def _split_args(args, num_source_rows: int, num_source_shared: int):
@@ -42,7 +40,7 @@ def _combine(overlap: jax.Array, original: jax.Array, two, one, jaccard_weight, 
              f16: bool) -> jax.Array:
   """(1 - lambda) * (1 - overlap / (2 - overlap)) + lambda * original, rounded where TransReID rounds."""
   denom = round_if(two - overlap, f16)
-  jaccard = round_if(one - round_if(overlap / denom, f16), f16)
+  jaccard = round_if(one - round_if(numerics.divide(overlap, denom), f16), f16)
   return round_if(jaccard * jaccard_weight, f16) + original * original_weight
 
 

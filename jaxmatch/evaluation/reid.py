@@ -37,6 +37,14 @@ def ranking_bytes_per_row(num_gallery: int) -> int:
   return 40 * num_gallery
 
 
+def _features(qf, gf, normalize: bool) -> tuple[np.ndarray, np.ndarray]:
+  """Checked float32 host features, L2-normalised on the device if asked (exact division, as torch)."""
+  qf, gf = dist_lib.check_features(qf, gf)
+  if normalize:
+    qf, gf = np.asarray(dist_lib.l2_normalize(qf)), np.asarray(dist_lib.l2_normalize(gf))
+  return qf, gf
+
+
 def evaluate_blocked(dist: dist_lib.BlockedDistance, q_pids, g_pids, q_camids, g_camids, *,
                      protocol: str = 'market', max_rank: int = 50, mesh: Mesh | None = None,
                      block_size: int | None = None, rng=None,
@@ -66,9 +74,7 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, *, metric: str
     'float16_like_transreid': False}; its original distance is the square of `metric` (rerank.py).
   """
   _check_protocol(protocol, rng)
-  qf, gf = dist_lib.check_features(qf, gf)
-  if normalize:
-    qf, gf = dist_lib.l2_normalize(qf), dist_lib.l2_normalize(gf)
+  qf, gf = _features(qf, gf, normalize)
   kwargs = dict(protocol=protocol, max_rank=max_rank, mesh=mesh, block_size=block_size, rng=rng,
                 memory_budget=memory_budget)
   if rerank is None:
@@ -95,9 +101,7 @@ def top_k_gallery(qf, gf, k: int, *, metric: str = 'euclidean', normalize: bool 
                   mesh: Mesh | None = None, block_size: int | None = None,
                   memory_budget: int = dist_lib.DEFAULT_MEMORY_BUDGET) -> tuple[np.ndarray, np.ndarray]:
   """([Q, k] gallery indices, [Q, k] distances), nearest first, for ranked-list pictures."""
-  qf, gf = dist_lib.check_features(qf, gf)
-  if normalize:
-    qf, gf = dist_lib.l2_normalize(qf), dist_lib.l2_normalize(gf)
+  qf, gf = _features(qf, gf, normalize)
   dist = dist_lib.feature_distances(qf, gf, metric)
   block = dist_lib.resolve_block_size(dist.num_rows, mesh, block_size, 12 * dist.num_columns, memory_budget)
   return retrieval.top_k(dist, k, block_size=block, mesh=mesh)

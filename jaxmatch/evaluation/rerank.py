@@ -28,8 +28,14 @@ float16 (torchreid in float32). With the option on, every such value is rounded 
 TransReID rounds (sums of float16 values in float32, then rounded; elementwise float16 arithmetic done
 in float32 and rounded, as numpy does), with float16.round_to_float16.
 
+Exactness: every division (the row-max normalisation, V's weights, the query-expansion mean, Jaccard)
+is numerics.divide, rounded once as numpy divides; XLA would otherwise multiply by a reciprocal, one ulp
+off in a third of the entries, and two neighbours that close at a list boundary would swap. Given the
+same original distances the neighbour lists, and so every set, are therefore numpy's. Exact ties are
+ordered by index (top_k, as a stable sort), where the references' unstable np.argsort is unspecified.
+
 Parity on fixtures/reid_eval (10 x 60, 32-d), max abs difference of the [Q, G] result:
-  float16_like_transreid=True vs TransReID      6.0e-8 (k1 20, k2 6), 8.9e-8 (k1 50, k2 15)
+  float16_like_transreid=True vs TransReID      1.2e-7 (k1 20, k2 6), 8.9e-8 (k1 50, k2 15)
   float32 vs torchreid fed euclidean distances  1.6e-7 (from features), 2.4e-7 (from its matrices)
   float32 vs torchreid fed squared distances    2.5e-7 (matrices, as the torchreid engine calls it)
   float32 vs TransReID                          4.1e-3 (the float16 rounding itself)
@@ -37,7 +43,6 @@ What remains is float32 rounding (exp, matmul, sum order), so the tests hold all
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -46,38 +51,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from jaxmatch import numerics
 from jaxmatch.evaluation import distances as dist_lib
 from jaxmatch.evaluation.float16 import round_if
 from jaxmatch.evaluation.jaccard import Reranked, rerank_bytes_per_row
-
-@dataclasses.dataclass(frozen=True)
-class RerankConfig:
-  k1: int = 20
-  k2: int = 6
-  lambda_value: float = 0.3
-  float16_like_transreid: bool = False
-
-  def __post_init__(self):
-    if self.k1 < 1 or self.k2 < 1:
-      raise ValueError(f'k1 and k2 must be >= 1, got k1={self.k1}, k2={self.k2}')
-    if not 0.0 <= self.lambda_value <= 1.0:
-      raise ValueError(f'lambda_value must be in [0, 1], got {self.lambda_value}')
-
-  @classmethod
-  def from_dict(cls, options: dict | None) -> RerankConfig:
-    """{'k1', 'k2', 'lambda' (or 'lambda_value'), 'float16_like_transreid'}; missing keys take defaults."""
-    options = dict(options or {})
-    if 'lambda' in options:
-      options['lambda_value'] = options.pop('lambda')
-    unknown = set(options) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-      raise ValueError(f'unknown re-ranking options {sorted(unknown)}; expected k1, k2, lambda '
-                       '(or lambda_value) and float16_like_transreid')
-    return cls(**options)
-
-  @property
-  def half_k1(self) -> int:
-    return int(np.around(self.k1 / 2))   # numpy rounds half to even: k1=5 -> 2, as the reference
+from jaxmatch.evaluation.rerank_config import RerankConfig
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -184,7 +162,7 @@ def _expansion_kernel(source_fn: Callable, num_source_rows: int, k_full: int, k_
     valid = members < n
     dist = dist_lib.divide_by_row_max(source_fn(*src_rows, *src_shared))
     weight = jnp.where(valid, jnp.exp(-jnp.take_along_axis(dist, jnp.minimum(members, n - 1), axis=1)), 0.0)
-    value = round_if(weight / dist_lib.tree_sum(weight)[:, None], f16)
+    value = round_if(numerics.divide(weight, dist_lib.tree_sum(weight)[:, None]), f16)
     return members, jnp.where(valid, value, 0.0), jnp.sum(valid, axis=1, dtype=jnp.int32)
   return kernel
 
@@ -214,7 +192,7 @@ def k_reciprocal_weights(source: dist_lib.BlockedDistance, nn: np.ndarray, confi
 
 @functools.lru_cache(maxsize=None)
 def _expansion_mean_kernel(k2: int, f16: bool):
-  def kernel(ids, nn, v_idx, v_val, divisor):
+  def kernel(ids, nn, v_idx, v_val):
     n = nn.shape[0]
     rows = nn[ids, :k2]                                                            # [b, k2], nearest first
     idx = v_idx[rows].reshape(ids.shape[0], -1)
@@ -228,8 +206,7 @@ def _expansion_mean_kernel(k2: int, f16: bool):
       shifted = jnp.concatenate([jnp.zeros_like(total[:, :1]), total[:, :-1]], axis=1)
       total = jnp.where(same_as_prev, shifted, 0.0) + val
     last = jnp.concatenate([idx[:, 1:] != idx[:, :-1], jnp.ones_like(idx[:, :1], bool)], axis=1) & (idx < n)
-    # `divisor` is an argument, not a constant: XLA may turn division by a constant into a multiplication.
-    mean = round_if(total / divisor, f16)
+    mean = round_if(numerics.divide(total, np.float32(k2)), f16)
     idx, mean = _sparse_compact(idx, mean, last, n)
     return idx, mean, jnp.sum(idx < n, axis=1, dtype=jnp.int32)
   return kernel
@@ -243,8 +220,7 @@ def query_expansion(v_idx: np.ndarray, v_val: np.ndarray, nn: np.ndarray, config
   n = nn.shape[0]
   kernel = _expansion_mean_kernel(min(config.k2, n), config.float16_like_transreid)
   ids = np.arange(n, dtype=np.int32)
-  divisor = np.float32(min(config.k2, n))
-  idx, val, count = dist_lib.gather_row_blocks(kernel, (ids,), (nn, v_idx, v_val, divisor),
+  idx, val, count = dist_lib.gather_row_blocks(kernel, (ids,), (nn, v_idx, v_val),
                                                block_size=block_size, mesh=mesh)
   return _trim(idx, val, count)
 
