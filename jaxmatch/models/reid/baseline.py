@@ -55,6 +55,7 @@ from jaxmatch.models.common import compute_dtype, image_size
 from jaxmatch.models.layers import linear_torch_bias, linear_torch_kernel
 from jaxmatch.models.reid.bnneck import BNNeck, classifier_init
 from jaxmatch.models.resnet import EXPANSION, RESNET_STAGES, ResNet, stage_features
+from jaxmatch.numerics import l2_normalize
 from jaxmatch.param_groups import FROZEN
 
 NECKS = ("bnneck", "no")
@@ -102,11 +103,6 @@ class StrongBaseline(nn.Module):
       raise ValueError(f"num_classes must be the number of training identities (>= 2), got {self.num_classes}")
     if len(self.stage_sizes) != 4:
       raise ValueError(f"stage_sizes needs 4 stages, got {tuple(self.stage_sizes)}")
-
-
-def l2_normalize(x):
-  """x / max(|x|_2, 1e-12) row-wise: torch.nn.functional.normalize, the official FEAT_NORM."""
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 @dataclasses.dataclass(frozen=True)
