@@ -1,4 +1,4 @@
-"""grain datasets of re-ID batches over `ReidSplit`s (see input_pipeline/reid/sources.py).
+"""grain datasets of re-ID batches over `ReidSplit`s (see input_pipeline/reid/splits.py).
 
 Inputs are objects with `source` (random access: `source[i]` -> {'image': encoded bytes, ...}) and
 numpy `pids`, `camids`, `viewids` plus `names`, all known without decoding an image. Several

@@ -23,7 +23,7 @@ from input_pipeline.reid.msmt17 import read_msmt17
 from input_pipeline.reid.own_folder import read_own_folder
 from input_pipeline.reid.randperson import read_randperson
 from input_pipeline.reid.records import NO_VIEW
-from input_pipeline.reid.sources import merge_reid_splits, prepare_reid, reid_split
+from input_pipeline.reid.splits import merge_reid_splits, prepare_reid, reid_split
 
 
 def _jpeg(path: pathlib.Path, colour=(90, 120, 200), size=(8, 16)) -> pathlib.Path:

@@ -26,7 +26,7 @@ AUG = {'pad': 2}          # BoT recipe at a small frame: flip, pad + crop, erasi
 
 @dataclasses.dataclass
 class Split:
-  """In-memory stand-in with the attributes of input_pipeline.reid.sources.ReidSplit."""
+  """In-memory stand-in with the attributes of input_pipeline.reid.splits.ReidSplit."""
   source: list
   pids: np.ndarray
   camids: np.ndarray
@@ -531,7 +531,7 @@ def test_bad_inputs_have_clear_errors(train_split):
 def test_prepared_market_split_feeds_the_pipeline(tmp_path):
   """The real TFDS path: synthetic Market-1501 -> prepare_reid -> reid_split -> batches."""
   import tensorflow_datasets as tfds
-  from input_pipeline.reid.sources import prepare_reid, reid_split
+  from input_pipeline.reid.splits import prepare_reid, reid_split
   from input_pipeline.reid.synthetic_market import write_synthetic_market
   tfds.disable_progress_bar()
   root = write_synthetic_market(tmp_path / 'manual', num_train_ids=8, num_test_ids=3, seed=0)

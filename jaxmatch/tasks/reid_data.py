@@ -102,7 +102,7 @@ class ReidData:
     import jax
     from jax.experimental import multihost_utils
 
-    from input_pipeline.reid.sources import prepare_reid
+    from input_pipeline.reid.splits import prepare_reid
     if jax.process_index() == 0:
       for dataset in dict.fromkeys(datasets):
         name, folder, options = self._resolve(dataset)
@@ -113,7 +113,7 @@ class ReidData:
       multihost_utils.sync_global_devices("jaxmatch: re-ID datasets prepared")
 
   def split(self, dataset: str, split: str):
-    from input_pipeline.reid.sources import reid_split
+    from input_pipeline.reid.splits import reid_split
     name, _, options = self._resolve(dataset)
     return reid_split(name, split, self._data_dir(dataset), **options)
 
