@@ -30,7 +30,7 @@ import grain
 import numpy as np
 
 from input_pipeline.images import decode_image
-from input_pipeline.pairs import make_iterator  # noqa: F401  (same checkpointable iterator)
+from input_pipeline.iterators import make_iterator  # noqa: F401  (the checkpointable iterator)
 from input_pipeline.reid_sampling import (BatchPlan, EpochBatches, FixedPlanner,
                                           MultiGalleryPlanner, PairPlanner, PKPlanner, augment_rng)
 from input_pipeline.reid_transforms import ReidAugment

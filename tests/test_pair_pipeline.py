@@ -10,12 +10,12 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from input_pipeline import photometric as ph
-from input_pipeline.geometry import crop_pads, draw_crop_box, random_keypoint_crop
+from input_pipeline.correspondence import photometric as ph
+from input_pipeline.correspondence.geometry import crop_pads, draw_crop_box, random_keypoint_crop
 from input_pipeline.images import decode_image
-from input_pipeline.pairs import IMAGENET_MEAN, IMAGENET_STD, make_iterator, pair_dataset
-from input_pipeline.spair import prepare_spair, read_layout, spair_sources
-from input_pipeline.synthetic_spair import write_synthetic_spair
+from input_pipeline.correspondence.pipeline import IMAGENET_MEAN, IMAGENET_STD, make_iterator, pair_dataset
+from input_pipeline.correspondence.spair import prepare_spair, read_layout, spair_sources
+from input_pipeline.correspondence.synthetic_spair import write_synthetic_spair
 
 S = 64     # small frame keeps the tests fast; scaling is checked at the default 240 too
 
@@ -252,9 +252,9 @@ def test_corrupt_image_in_a_record_names_it():
 
 @pytest.fixture(scope='module')
 def pf_data(tmp_path_factory):
-  from input_pipeline.pfpascal import pfpascal_sources, prepare_pfpascal
-  from input_pipeline.pfwillow import pfwillow_sources, prepare_pfwillow
-  from input_pipeline.synthetic_pf import write_synthetic_pfpascal, write_synthetic_pfwillow
+  from input_pipeline.correspondence.pfpascal import pfpascal_sources, prepare_pfpascal
+  from input_pipeline.correspondence.pfwillow import pfwillow_sources, prepare_pfwillow
+  from input_pipeline.correspondence.synthetic_pf import write_synthetic_pfpascal, write_synthetic_pfwillow
   tfds.disable_progress_bar()
   base = tmp_path_factory.mktemp('pf_pairs')
   pascal = write_synthetic_pfpascal(base / 'manual', {'trn': 8, 'val': 2, 'test': 3}, seed=4)

@@ -105,7 +105,7 @@ class CorrespondenceTask(ModelTask):
 
   def _dataset(self, dataset: str, split: str, batch_size: int, train: bool, seed: int,
                shard_index: int, shard_count: int):
-    from input_pipeline.pairs import pair_dataset
+    from input_pipeline.correspondence.pipeline import pair_dataset
     d = self.config.data
     return pair_dataset(self.sources[dataset], split, img_size=d.img_size, batch_size=batch_size,
                         train=train, augment=train and d.augment, seed=seed, max_kps=d.max_kps,
@@ -113,7 +113,7 @@ class CorrespondenceTask(ModelTask):
                         threshold=dataset_spec(dataset).threshold)
 
   def train_iterator(self, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1):
-    from input_pipeline.pairs import make_iterator
+    from input_pipeline.correspondence.pipeline import make_iterator
     ds = self._dataset(self.config.data.dataset, self.config.data.train_split, batch_size, True, seed,
                        shard_index, shard_count)
     return make_iterator(ds, num_workers=self.config.data.num_workers)
@@ -134,7 +134,7 @@ class CorrespondenceTask(ModelTask):
     return self._predict_fns[key]
 
   def _eval_batches(self, mesh, bench: Benchmark):
-    from input_pipeline.pairs import make_iterator
+    from input_pipeline.correspondence.pipeline import make_iterator
     ecfg = self.config.eval
     parallel.check_batch_divisible(ecfg.batch_size, mesh)
     ds = self._dataset(bench.dataset, bench.split, parallel.per_process_batch(ecfg.batch_size), False, 0,

@@ -37,11 +37,11 @@ class DatasetSpec:
 
 
 DATASETS = {
-    "spair": DatasetSpec("SPair-71k", "input_pipeline.spair", "spair", "spair", ("trn", "val", "test"),
+    "spair": DatasetSpec("SPair-71k", "input_pipeline.correspondence.spair", "spair", "spair", ("trn", "val", "test"),
                          "SPAIR_CATEGORIES"),
-    "pfpascal": DatasetSpec("PF-PASCAL", "input_pipeline.pfpascal", "pfpascal", "pfpascal",
+    "pfpascal": DatasetSpec("PF-PASCAL", "input_pipeline.correspondence.pfpascal", "pfpascal", "pfpascal",
                             ("trn", "val", "test"), "PFPASCAL_CATEGORIES"),
-    "pfwillow": DatasetSpec("PF-WILLOW", "input_pipeline.pfwillow", "pfwillow", "pfwillow", ("test",),
+    "pfwillow": DatasetSpec("PF-WILLOW", "input_pipeline.correspondence.pfwillow", "pfwillow", "pfwillow", ("test",),
                             "PFWILLOW_CATEGORIES"),
 }
 DATASET_FOLDERS = {name: spec.folder for name, spec in DATASETS.items()}
@@ -77,13 +77,13 @@ def embedded_pair_counts(dataset: str, emb: ConfigDict, used_splits) -> dict[str
 def write_embedded(dataset: str, root: str, counts: dict[str, int], seed: int) -> str:
   """Writes the synthetic dataset under `root` in the distributed layout; returns its folder."""
   if dataset == "spair":
-    from input_pipeline.synthetic_spair import write_synthetic_spair
+    from input_pipeline.correspondence.synthetic_spair import write_synthetic_spair
     return write_synthetic_spair(root, num_pairs=counts, seed=seed)
   if dataset == "pfpascal":
-    from input_pipeline.synthetic_pf import write_synthetic_pfpascal
+    from input_pipeline.correspondence.synthetic_pf import write_synthetic_pfpascal
     return write_synthetic_pfpascal(root, num_pairs=counts, seed=seed)
   if dataset == "pfwillow":
-    from input_pipeline.synthetic_pf import write_synthetic_pfwillow
+    from input_pipeline.correspondence.synthetic_pf import write_synthetic_pfwillow
     return write_synthetic_pfwillow(root, num_pairs=counts["test"], seed=seed)
   raise ValueError(f"no embedded version of dataset {dataset!r}")
 

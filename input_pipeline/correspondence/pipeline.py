@@ -1,6 +1,6 @@
 """grain pipeline of image pairs for semantic correspondence (the sources of `spair_sources`,
 `pfpascal_sources` or `pfwillow_sources`: an 'images' split plus pair splits, see
-input_pipeline/pair_builder.py).
+input_pipeline/correspondence/pair_builder.py).
 
 Per pair, as the official loaders: both images resized (or, when augmenting, photometrically changed and
 cropped around the keypoints) to S x S; keypoints and boxes rescaled into that frame; records with
@@ -29,9 +29,11 @@ import grain
 import numpy as np
 
 from input_pipeline.errors import DatasetLayoutError
-from input_pipeline.geometry import random_keypoint_crop, resize_image, scale_bbox, scale_points
+from input_pipeline.correspondence.geometry import (random_keypoint_crop, resize_image, scale_bbox,
+                                                    scale_points)
 from input_pipeline.images import decode_image
-from input_pipeline.photometric import photometric_augment
+from input_pipeline.iterators import make_iterator  # noqa: F401  (the checkpointable iterator)
+from input_pipeline.correspondence.photometric import photometric_augment
 from jaxmatch.evaluation.pck import pck_threshold
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -201,13 +203,3 @@ def pair_dataset(sources, split: str, *, img_size: int = 240, batch_size: int, t
       LoadPair(pairs, sources['images'], img_size=img_size, max_kps=max_kps, augment=augment,
                seed=seed, threshold=threshold))
   return ds.batch(batch_size, drop_remainder=True)
-
-
-def make_iterator(dataset: grain.MapDataset, num_workers: int = 0, prefetch: int = 2):
-  """Checkpointable iterator (get_state / set_state); worker processes when num_workers > 0."""
-  read = grain.ReadOptions(num_threads=prefetch, prefetch_buffer_size=prefetch)
-  stream = dataset.to_iter_dataset(read)
-  if num_workers > 0:
-    stream = stream.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=num_workers, per_worker_buffer_size=max(1, prefetch)))
-  return iter(stream)
