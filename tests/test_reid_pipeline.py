@@ -13,11 +13,11 @@ import pytest
 from etils import epath
 from PIL import Image, ImageEnhance
 
-from input_pipeline import reid_transforms as T
-from input_pipeline.reid_data import (PlanIterator, TrainRecords, label_map, make_iterator,
-                                      plan_iterator, reid_eval_dataset, reid_pair_dataset,
-                                      reid_train_dataset)
-from input_pipeline.reid_sampling import (BatchPlan, EpochBatches, PKPlanner, identity_chunk_epoch,
+from input_pipeline.reid import transforms as T
+from input_pipeline.reid.pipeline import (PlanIterator, TrainRecords, label_map, make_iterator,
+                                          plan_iterator, reid_eval_dataset, reid_pair_dataset,
+                                          reid_train_dataset)
+from input_pipeline.reid.sampling import (BatchPlan, EpochBatches, PKPlanner, identity_chunk_epoch,
                                           multi_gallery_epoch, nominal_pk_batches, probe_pair_epoch)
 
 SIZE = (32, 16)

@@ -4,7 +4,7 @@ Inputs are objects with `source` (random access: `source[i]` -> {'image': encode
 numpy `pids`, `camids`, `viewids` plus `names`, all known without decoding an image. Several
 training splits are concatenated; record index r of a plan refers to that concatenation.
 
-Every dataset element is one whole host-local batch (the planners of `reid_sampling` decide the
+Every dataset element is one whole host-local batch (the planners of `sampling` decide the
 records, the map below decodes and augments them), so worker processes keep the P x K structure.
 Sharding over processes: the global batch is split into `shard_count` contiguous row blocks and
 process `shard_index` gets block `shard_index`; the union of the blocks is the single-process
@@ -31,9 +31,9 @@ import numpy as np
 
 from input_pipeline.images import decode_image
 from input_pipeline.iterators import make_iterator  # noqa: F401  (the checkpointable iterator)
-from input_pipeline.reid_sampling import (BatchPlan, EpochBatches, FixedPlanner,
+from input_pipeline.reid.sampling import (BatchPlan, EpochBatches, FixedPlanner,
                                           MultiGalleryPlanner, PairPlanner, PKPlanner, augment_rng)
-from input_pipeline.reid_transforms import ReidAugment
+from input_pipeline.reid.transforms import ReidAugment
 
 ID_KEYS = ('pid', 'camid', 'viewid')
 
@@ -143,7 +143,7 @@ def reid_train_dataset(splits, *, img_size: Sequence[int] = (256, 128), num_ids_
                        sampler: str = 'identity_chunk') -> grain.MapDataset:
   """Training batches of P = num_ids_per_batch groups x K = num_instances images, endless unless
   num_epochs: sampler 'identity_chunk' (PK) or 'multi_gallery' (KPM's probe + K - 1 gallery
-  groups), see reid_sampling; or exactly the batches of `plan` (one epoch) when a plan is given.
+  groups), see sampling.py; or exactly the batches of `plan` (one epoch) when a plan is given.
   Each element holds this process's P * K / shard_count rows."""
   if num_ids_per_batch < 1 or num_instances < 1:
     raise ValueError(f'need P >= 1 and K >= 1, got P={num_ids_per_batch}, K={num_instances}')
