@@ -22,9 +22,9 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
+from input_pipeline.correspondence.sources import dataset_spec, prepare_sources
 from jaxmatch import models
 from jaxmatch.evaluation.pck import ALPHAS, PCKAccumulator, pck_threshold
-from jaxmatch.tasks.correspondence_data import dataset_spec, prepare_sources
 from jaxmatch.tasks.model_task import ModelTask
 from jaxmatch import parallel
 

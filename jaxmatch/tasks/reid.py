@@ -14,9 +14,9 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
+from input_pipeline.reid.sources import ReidData
 from jaxmatch import models
 from jaxmatch.tasks.model_task import ModelTask
-from jaxmatch.tasks.reid_data import ReidData
 from jaxmatch import parallel
 
 TRAIN_KEYS = ("image", "label")

@@ -15,7 +15,7 @@ import os
 from ml_collections import ConfigDict
 
 from input_pipeline.errors import DatasetLayoutError
-from jaxmatch.tasks.correspondence_data import default_manual_root
+from input_pipeline.manual_root import default_manual_root
 
 # The folder each dataset unpacks to, looked for under the manual root.
 DEFAULT_FOLDERS = {
