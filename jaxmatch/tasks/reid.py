@@ -59,9 +59,9 @@ class ReidTask(ModelTask):
     """`batch_size` is this process's share; the sampler plans whole global P x K batches."""
     from input_pipeline.reid.pipeline import make_iterator, reid_train_dataset
     d = self.config.data
-    ds = reid_train_dataset([self.train_split], img_size=tuple(d.img_size),
-                            num_ids_per_batch=self.num_ids_per_batch, num_instances=self.num_instances,
-                            augment=d.augment, seed=seed, shard_index=shard_index, shard_count=shard_count)
+    ds = reid_train_dataset([self.train_split], img_size=tuple(d.img_size), batch_size=batch_size,
+                            num_instances=self.num_instances, augment=d.augment, seed=seed,
+                            shard_index=shard_index, shard_count=shard_count)
     return make_iterator(ds, num_workers=d.num_workers)
 
   def num_train_steps(self, tcfg: ConfigDict) -> int:
