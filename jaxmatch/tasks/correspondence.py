@@ -205,8 +205,8 @@ class CorrespondenceTask(ModelTask):
 
 def pck_thresholds(batch: dict, kinds, img_size: int) -> dict:
   """{kind: PCK threshold [B]} of a host batch, from its target keypoints, mask and box."""
-  return {kind: pck_threshold(kind, batch["trg_kps"], batch["kp_mask"], batch["trg_bbox"], img_size=img_size)
-          for kind in kinds}
+  return {kind: pck_threshold(kind, batch["trg_kps"], batch["kp_mask"], batch["trg_bbox"],
+                              img_size=img_size) for kind in kinds}
 
 
 def denormalize(img: np.ndarray) -> np.ndarray:
