@@ -30,7 +30,7 @@ def _split():
     raise app.UsageError("give exactly one of --images DIR or --dataset NAME [--split]")
   if _IMAGES.value:
     return folder_split(_IMAGES.value)
-  from jaxmatch.tasks.reid_data import ReidData
+  from input_pipeline.reid.sources import ReidData
   config = workdir_config(_WORKDIR.value)
   data = ReidData(config.data, _WORKDIR.value, config.data.dataset, (_DATASET.value,))
   data.prepare((_DATASET.value,))

@@ -16,7 +16,7 @@ from ml_collections import ConfigDict
 
 from input_pipeline.errors import DatasetLayoutError
 from input_pipeline.reid.market1501 import IMAGE_SUFFIXES, parse_pid_cam
-from input_pipeline.reid.sources import ReidSplit
+from input_pipeline.reid.splits import ReidSplit
 from jaxmatch.tasks.base import ModelTask
 
 

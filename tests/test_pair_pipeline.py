@@ -10,12 +10,14 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from input_pipeline import photometric as ph
-from input_pipeline.geometry import crop_pads, draw_crop_box, random_keypoint_crop
+from input_pipeline.correspondence import photometric as ph
+from input_pipeline.correspondence.geometry import crop_pads, draw_crop_box, random_keypoint_crop
 from input_pipeline.images import decode_image
-from input_pipeline.pairs import IMAGENET_MEAN, IMAGENET_STD, make_iterator, pair_dataset
-from input_pipeline.spair import prepare_spair, read_layout, spair_sources
-from input_pipeline.synthetic_spair import write_synthetic_spair
+from input_pipeline.correspondence.pipeline import IMAGENET_MEAN, IMAGENET_STD, make_iterator, pair_dataset
+from input_pipeline.correspondence.spair import prepare_spair, read_layout, spair_sources
+from input_pipeline.correspondence.synthetic_spair import write_synthetic_spair
+from jaxmatch.evaluation.pck import PCKAccumulator
+from jaxmatch.tasks.correspondence import pck_thresholds
 
 S = 64     # small frame keeps the tests fast; scaling is checked at the default 240 too
 
@@ -44,12 +46,13 @@ def test_eval_batch_contents_match_the_loader_definition(data):
   batch = pair_dataset(sources, 'val', batch_size=4, train=False, augment=False)[0]
   shapes = {'src_img': ((4, 240, 240, 3), np.float32), 'trg_img': ((4, 240, 240, 3), np.float32),
             'src_kps': ((4, 40, 2), np.float32), 'trg_kps': ((4, 40, 2), np.float32),
-            'kp_mask': ((4, 40), np.bool_), 'n_pts': ((4,), np.int32), 'pck_thr': ((4,), np.float32),
+            'kp_mask': ((4, 40), np.bool_), 'n_pts': ((4,), np.int32),
             'src_bbox': ((4, 4), np.float32), 'trg_bbox': ((4, 4), np.float32),
             'category': ((4,), np.int32), 'pair_index': ((4,), np.int32), 'valid': ((4,), np.bool_),
             **{k: ((4,), np.int32) for k in ('vpvar', 'scvar', 'trncn', 'occln')}}
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == shapes
   lines = read_layout(root / 'Layout' / 'large' / 'val.txt')
+  thr = pck_thresholds(batch, ('spair',), 240)['spair']     # as the task computes it on the host
   for i in range(4):
     line = lines[i]
     ann = json.loads((root / 'PairAnnotation' / 'val' / f'{line}.json').read_text())
@@ -68,7 +71,7 @@ def test_eval_batch_contents_match_the_loader_definition(data):
       assert not batch[f'{side}_kps'][i, n:].any()
     box = np.float32(ann['trg_bndbox']) * np.tile(factor, 2)
     np.testing.assert_array_equal(batch['trg_bbox'][i], box)
-    assert batch['pck_thr'][i] == max(box[2] - box[0], box[3] - box[1])
+    assert thr[i] == max(box[2] - box[0], box[3] - box[1])
     assert batch['n_pts'][i] == n and batch['kp_mask'][i].sum() == n and batch['kp_mask'][i, :n].all()
     assert batch['vpvar'][i] == ann['viewpoint_variation'] and batch['pair_index'][i] == i
   assert batch['valid'].all()
@@ -83,7 +86,10 @@ def test_eval_is_one_ordered_pass_with_padded_last_batch(data):
   np.testing.assert_array_equal(last['valid'], [True, True, False, False])
   np.testing.assert_array_equal(last['pair_index'], [8, 9, -1, -1])
   assert not last['src_img'][2:].any() and not last['kp_mask'][2:].any()
-  assert (last['pck_thr'][2:] > 0).all()             # no division by zero on padding rows
+  thr = pck_thresholds(last, ('spair',), S)['spair']
+  with np.errstate(all='raise'):                      # no division by zero on padding rows
+    scores = PCKAccumulator().add(last['trg_kps'], {**last, 'pck_thr': thr})
+  assert scores.shape[0] == 2 and (scores == 1).all()
   seen = np.concatenate([b['pair_index'][b['valid']] for b in batches])
   np.testing.assert_array_equal(seen, np.arange(10))
 
@@ -108,7 +114,7 @@ def test_augmented_batch_stays_in_the_frame(data):
       kps = b[f'{side}_kps']
       assert (kps >= 0).all() and (kps <= S - 1).all() and not kps[~b['kp_mask']].any()
       assert (b[f'{side}_bbox'] >= 0).all() and (b[f'{side}_bbox'] <= S - 1).all()
-    assert (b['pck_thr'] > 0).all() and b['valid'].all()
+    assert (pck_thresholds(b, ('spair',), S)['spair'] > 0).all() and b['valid'].all()
 
 
 def test_determinism_and_seed(data):
@@ -252,9 +258,9 @@ def test_corrupt_image_in_a_record_names_it():
 
 @pytest.fixture(scope='module')
 def pf_data(tmp_path_factory):
-  from input_pipeline.pfpascal import pfpascal_sources, prepare_pfpascal
-  from input_pipeline.pfwillow import pfwillow_sources, prepare_pfwillow
-  from input_pipeline.synthetic_pf import write_synthetic_pfpascal, write_synthetic_pfwillow
+  from input_pipeline.correspondence.pfpascal import pfpascal_sources, prepare_pfpascal
+  from input_pipeline.correspondence.pfwillow import pfwillow_sources, prepare_pfwillow
+  from input_pipeline.correspondence.synthetic_pf import write_synthetic_pfpascal, write_synthetic_pfwillow
   tfds.disable_progress_bar()
   base = tmp_path_factory.mktemp('pf_pairs')
   pascal = write_synthetic_pfpascal(base / 'manual', {'trn': 8, 'val': 2, 'test': 3}, seed=4)
@@ -268,9 +274,8 @@ def test_pfpascal_flip_rows_are_mirrored_as_the_official_loader(pf_data):
   sources, _ = pf_data
   trn = sources['trn']
   plain = pair_dataset({**sources, 'trn': _NoFlip(trn)}, 'trn', img_size=S, batch_size=8, train=False,
-                       augment=False, threshold='pfpascal')[0]
-  flipped = pair_dataset(sources, 'trn', img_size=S, batch_size=8, train=False, augment=False,
-                         threshold='pfpascal')[0]
+                       augment=False)[0]
+  flipped = pair_dataset(sources, 'trn', img_size=S, batch_size=8, train=False, augment=False)[0]
   flips = np.array([trn[i]['flip'] for i in range(8)], bool)
   assert flips.any() and not flips.all()
   for i in range(8):
@@ -285,7 +290,8 @@ def test_pfpascal_flip_rows_are_mirrored_as_the_official_loader(pf_data):
       else:
         np.testing.assert_array_equal(kps, ref)
         np.testing.assert_array_equal(flipped[f'{side}_img'][i], plain[f'{side}_img'][i])
-  np.testing.assert_array_equal(flipped['pck_thr'], np.full(8, S, np.float32))   # alpha_img: image side
+  np.testing.assert_array_equal(pck_thresholds(flipped, ('pfpascal',), S)['pfpascal'],
+                                np.full(8, S, np.float32))                       # alpha_img: image side
   assert 'vpvar' not in flipped                      # no SPair difficulty flags in PF-PASCAL
 
 
@@ -305,15 +311,16 @@ class _NoFlip:
 def test_pfwillow_threshold_kinds_in_the_pipeline(pf_data):
   from jaxmatch.evaluation.pck import pck_threshold
   _, sources = pf_data
-  batch = pair_dataset(sources, 'test', img_size=240, batch_size=4, train=False, augment=False,
-                       threshold='pfwillow')[0]
+  batch = pair_dataset(sources, 'test', img_size=240, batch_size=4, train=False, augment=False)[0]
   assert batch['n_pts'].tolist() == [10] * 4 and batch['valid'].all()
   kps = batch['trg_kps'][:, :10]
   # The official value: the -2 padded row's extent, max(x_max, y_max) + 2 when all coordinates > -2.
-  np.testing.assert_array_equal(batch['pck_thr'], kps.max(axis=(1, 2)) + np.float32(2))
+  official = pck_thresholds(batch, ('pfwillow',), 240)['pfwillow']
+  np.testing.assert_array_equal(official, kps.max(axis=(1, 2)) + np.float32(2))
   box = pck_threshold('pfwillow_bbox_kp', batch['trg_kps'], batch['kp_mask'])
   np.testing.assert_array_equal(box, (kps.max(1) - kps.min(1)).max(1))
-  assert (box < batch['pck_thr']).all()
-  aug = pair_dataset(sources, 'test', img_size=S, batch_size=4, train=True, augment=True,
-                     threshold='pfwillow')[0]                     # WILLOW boxes = keypoint boxes
-  assert (aug['src_kps'][aug['kp_mask']] <= S - 1).all() and (aug['pck_thr'] > 0).all()
+  assert (box < official).all()
+  aug = pair_dataset(sources, 'test', img_size=S, batch_size=4, train=True,
+                     augment=True)[0]                             # WILLOW boxes = keypoint boxes
+  assert ((aug['src_kps'][aug['kp_mask']] <= S - 1).all()
+          and (pck_thresholds(aug, ('pfwillow',), S)['pfwillow'] > 0).all())

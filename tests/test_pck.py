@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import load_fixture
 
-from input_pipeline.geometry import scale_bbox, scale_points
+from input_pipeline.correspondence.geometry import scale_bbox, scale_points
 from jaxmatch.evaluation.pck import PCKAccumulator, pck_per_pair, pck_threshold
 
 BENCHMARKS = ('spair', 'pfpascal', 'pfwillow')

@@ -14,13 +14,13 @@ import scipy.io
 import tensorflow_datasets as tfds
 
 from input_pipeline.errors import CorruptImageError, DatasetLayoutError
-from input_pipeline.pfpascal import (PFPASCAL_CATEGORIES, pfpascal_sources, prepare_pfpascal,
-                                     validate_pfpascal_layout, visible_in_both)
-from input_pipeline.pfwillow import (PFWILLOW_CATEGORIES, image_name, pfwillow_sources,
-                                     prepare_pfwillow, validate_pfwillow_layout)
-from input_pipeline.synthetic_pf import (pascal_slots, write_synthetic_pfpascal,
-                                         write_synthetic_pfwillow)
-from input_pipeline.synthetic_spair import target_coords
+from input_pipeline.correspondence.pfpascal import (PFPASCAL_CATEGORIES, pfpascal_sources, prepare_pfpascal,
+                                                    validate_pfpascal_layout, visible_in_both)
+from input_pipeline.correspondence.pfwillow import (PFWILLOW_CATEGORIES, image_name, pfwillow_sources,
+                                                    prepare_pfwillow, validate_pfwillow_layout)
+from input_pipeline.correspondence.synthetic_pf import (pascal_slots, write_synthetic_pfpascal,
+                                                        write_synthetic_pfwillow)
+from input_pipeline.correspondence.synthetic_spair import target_coords
 
 PASCAL = {'trn': 10, 'val': 4, 'test': 4}
 WILLOW = 8

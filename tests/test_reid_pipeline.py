@@ -13,11 +13,11 @@ import pytest
 from etils import epath
 from PIL import Image, ImageEnhance
 
-from input_pipeline import reid_transforms as T
-from input_pipeline.reid_data import (PlanIterator, TrainRecords, label_map, make_iterator,
-                                      plan_iterator, reid_eval_dataset, reid_pair_dataset,
-                                      reid_train_dataset)
-from input_pipeline.reid_sampling import (BatchPlan, EpochBatches, PKPlanner, identity_chunk_epoch,
+from input_pipeline.reid import transforms as T
+from input_pipeline.reid.pipeline import (PlanIterator, TrainRecords, label_map, make_iterator,
+                                          plan_iterator, reid_eval_dataset, reid_pair_dataset,
+                                          reid_train_dataset)
+from input_pipeline.reid.sampling import (BatchPlan, EpochBatches, PKPlanner, identity_chunk_epoch,
                                           multi_gallery_epoch, nominal_pk_batches, probe_pair_epoch)
 
 SIZE = (32, 16)
@@ -26,7 +26,7 @@ AUG = {'pad': 2}          # BoT recipe at a small frame: flip, pad + crop, erasi
 
 @dataclasses.dataclass
 class Split:
-  """In-memory stand-in with the attributes of input_pipeline.reid.sources.ReidSplit."""
+  """In-memory stand-in with the attributes of input_pipeline.reid.splits.ReidSplit."""
   source: list
   pids: np.ndarray
   camids: np.ndarray
@@ -61,7 +61,7 @@ def train_split():
 
 
 def _train(split, **kw):
-  args = dict(img_size=SIZE, num_ids_per_batch=3, num_instances=4, augment=AUG, seed=0)
+  args = dict(img_size=SIZE, batch_size=12, num_instances=4, augment=AUG, seed=0)
   return reid_train_dataset(split, **{**args, **kw})
 
 
@@ -181,7 +181,7 @@ def test_multi_gallery_groups_follow_the_kpm_rule(train_split):
     assert set(gallery) <= pool
     if len(pool) >= 4:
       assert len(set(gallery)) == 3                        # without replacement
-  ds = _train(train_split, sampler='multi_gallery', num_ids_per_batch=3)
+  ds = _train(train_split, sampler='multi_gallery', batch_size=12)
   np.testing.assert_array_equal(ds[0]['index'], multi_gallery_epoch(pids, cams, 3, 4, 0, 0)[0])
   with pytest.raises(ValueError, match="sampler must be"):
     _train(train_split, sampler='graph')
@@ -224,7 +224,8 @@ def test_pair_dataset_batches_and_shards(train_split):
   whole = reid_pair_dataset(train_split, **kw)[1]
   assert whole['same'].sum() == 2 and whole['image_a'].shape == (8, 32, 16, 3)
   np.testing.assert_array_equal(whole['same'], whole['pid_a'] == whole['pid_b'])
-  shards = [reid_pair_dataset(train_split, shard_index=i, shard_count=2, **kw)[1] for i in range(2)]
+  shards = [reid_pair_dataset(train_split, **{**kw, 'batch_size': 4}, shard_index=i, shard_count=2)[1]
+            for i in range(2)]
   _equal(whole, {k: np.concatenate([s[k] for s in shards]) for k in whole})
 
 
@@ -233,13 +234,16 @@ def test_pair_dataset_batches_and_shards(train_split):
 @pytest.mark.parametrize('count', [2, 4])
 def test_shards_union_is_the_single_process_batch(train_split, count):
   whole = _train(train_split)
-  shards = [_train(train_split, shard_index=i, shard_count=count) for i in range(count)]
+  shards = [_train(train_split, batch_size=12 // count, shard_index=i, shard_count=count)
+            for i in range(count)]
   for step in (0, 3):
     parts = [s[step] for s in shards]
     assert all(len(p['pid']) == 12 // count for p in parts)
     _equal(whole[step], {k: np.concatenate([p[k] for p in parts]) for k in whole[step]})
+  with pytest.raises(ValueError, match='cannot hold P groups'):
+    _train(train_split, batch_size=12 // 5, shard_count=5)
   with pytest.raises(ValueError, match='split evenly'):
-    _train(train_split, shard_count=5)
+    EpochBatches(PKPlanner(train_split.pids, 3, 4, 0), 12, shard_count=5)
 
 
 def test_seed_and_determinism(train_split):
@@ -521,9 +525,11 @@ def test_augment_config_composition_and_errors(image):
 
 def test_bad_inputs_have_clear_errors(train_split):
   with pytest.raises(TypeError, match='missing attributes'):
-    reid_train_dataset(object(), num_ids_per_batch=2, num_instances=2)
-  with pytest.raises(ValueError, match='P >= 1'):
-    reid_train_dataset(train_split, num_ids_per_batch=0, num_instances=2)
+    reid_train_dataset(object(), batch_size=4, num_instances=2)
+  with pytest.raises(ValueError, match='batch_size >= 1'):
+    reid_train_dataset(train_split, batch_size=0, num_instances=2)
+  with pytest.raises(ValueError, match='cannot hold P groups of K = 2'):
+    reid_train_dataset(train_split, batch_size=3, num_instances=2)
   with pytest.raises(ValueError, match='num_batches >= 1'):
     BatchPlan(0, np.zeros((0, 12), int))
 
@@ -531,14 +537,13 @@ def test_bad_inputs_have_clear_errors(train_split):
 def test_prepared_market_split_feeds_the_pipeline(tmp_path):
   """The real TFDS path: synthetic Market-1501 -> prepare_reid -> reid_split -> batches."""
   import tensorflow_datasets as tfds
-  from input_pipeline.reid.sources import prepare_reid, reid_split
+  from input_pipeline.reid.splits import prepare_reid, reid_split
   from input_pipeline.reid.synthetic_market import write_synthetic_market
   tfds.disable_progress_bar()
   root = write_synthetic_market(tmp_path / 'manual', num_train_ids=8, num_test_ids=3, seed=0)
   data = prepare_reid('market1501', root, tmp_path / 'tfds')
   train, query = reid_split('market1501', 'train', data), reid_split('market1501', 'query', data)
-  batch = reid_train_dataset(train, img_size=SIZE, num_ids_per_batch=4, num_instances=2,
-                             augment=AUG)[0]
+  batch = reid_train_dataset(train, img_size=SIZE, batch_size=8, num_instances=2, augment=AUG)[0]
   np.testing.assert_array_equal(batch['pid'], train.pids[batch['index']])
   assert all(len(set(g.tolist())) == 1 for g in batch['pid'].reshape(4, 2))
   ds = reid_eval_dataset(query, SIZE, batch_size=4, flip=True)

@@ -11,9 +11,9 @@ import tensorflow_datasets as tfds
 
 from input_pipeline.errors import CorruptImageError, DatasetLayoutError
 from input_pipeline.images import decode_image
-from input_pipeline.spair import (SPAIR_CATEGORIES, parse_pair_line, prepare_spair, read_layout,
-                                  spair_sources, validate_spair_layout)
-from input_pipeline.synthetic_spair import write_synthetic_spair
+from input_pipeline.correspondence.spair import (SPAIR_CATEGORIES, parse_pair_line, prepare_spair,
+                                                 read_layout, spair_sources, validate_spair_layout)
+from input_pipeline.correspondence.synthetic_spair import write_synthetic_spair
 
 NUM = {'trn': 6, 'val': 3, 'test': 3}
 CATEGORIES = ('bicycle', 'dog', 'tvmonitor')

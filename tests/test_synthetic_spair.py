@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from input_pipeline.images import decode_image
-from input_pipeline.spair import parse_pair_line
-from input_pipeline.synthetic_spair import source_coords, target_coords, write_synthetic_spair
+from input_pipeline.correspondence.spair import parse_pair_line
+from input_pipeline.correspondence.synthetic_spair import (source_coords, target_coords,
+                                                           write_synthetic_spair)
 
 NUM = {'trn': 14, 'val': 5, 'test': 5}
 

@@ -1,172 +1,121 @@
-"""Entry points to the prepared re-ID data: build once, then open splits as random-access sources.
+"""Where re-ID data comes from: the user's datasets as distributed, or the embedded synthetic Market.
 
-    data_dir = prepare_reid('market1501', manual_dir='~/data/Market-1501-v15.09.15', data_dir=...)
-    train = reid_split('market1501', 'train', data_dir)
-    train.source[i]  # {'image': encoded bytes, 'pid', 'camid', 'viewid': int, 'name': bytes}
-    train.pids       # int64 [N], available without decoding or even reading any image
-
-The per-split label arrays come from a small index file written next to the prepared records
-(`reid_index_<split>.npz`), so samplers can group identities at once even on the 126k-image MSMT17.
-Training on several datasets together is the caller's choice: `merge_reid_splits` concatenates
-splits, shifting pids and camids so identities and cameras of different datasets stay distinct.
+Each dataset is named like the builder registry (market1501, msmt17, cuhk03_np, ...). Its folder is
+`config.data.folders.<dataset>` when given (it must have the real layout: an error otherwise, never a
+silent fallback), else `<manual root>/<usual folder name>` when that exists. With neither, the
+training dataset is replaced by the embedded synthetic dataset (Market-1501 layout, written into the
+workdir and read by the real Market reader), with a printed warning; an evaluation-only dataset that is
+missing is an error, because a cross-dataset number on stand-in data would be misleading.
 """
 from __future__ import annotations
 
-import dataclasses
+import logging
 import os
-import pathlib
 
-import numpy as np
-import tensorflow_datasets as tfds
+from ml_collections import ConfigDict
 
 from input_pipeline.errors import DatasetLayoutError
-from input_pipeline.reid.builder import is_prepared, read_records, reid_builder
+from input_pipeline.manual_root import default_manual_root
 
-_INDEX_FIELDS = ('pids', 'camids', 'viewids')
-
-
-@dataclasses.dataclass
-class ReidSplit:
-  """One split: a grain-compatible random-access `source` plus its labels as arrays."""
-  dataset: str
-  split: str
-  source: object                  # source[i] -> {'image', 'pid', 'camid', 'viewid', 'name'}
-  pids: np.ndarray                # int64 [N]
-  camids: np.ndarray              # int64 [N]
-  viewids: np.ndarray             # int64 [N]
-  names: list                     # str [N]
-
-  def __len__(self) -> int:
-    return len(self.pids)
-
-  @property
-  def num_ids(self) -> int:
-    return len(np.unique(self.pids))
+# The folder each dataset unpacks to, looked for under the manual root.
+DEFAULT_FOLDERS = {
+    "market1501": "Market-1501-v15.09.15", "dukemtmc_reid": "DukeMTMC-reID",
+    "occluded_duke": "Occluded_Duke", "msmt17": "MSMT17_V1", "randperson": "randperson_subset",
+    "cuhk03_np": "cuhk03-np", "cuhk03_classic": "cuhk03_release", "veri776": "VeRi",
+    "vehicleid": "VehicleID_V1.0", "own_folder": "",
+}
+EMBEDDED = "embedded_market1501"
 
 
-# ----------------------------------------------------------------------------- preparing
-
-def prepare_reid(dataset: str, manual_dir, data_dir, **options) -> str:
-  """Builds `dataset` (read from `manual_dir` with `options`) into `data_dir` once; returns data_dir.
-
-  A copy prepared earlier with the same options is reused without looking at `manual_dir`. The
-  layout is checked before anything is written, so a wrong folder fails at once.
-  """
-  data_dir = os.fspath(pathlib.Path(data_dir).expanduser())
-  builder = reid_builder(dataset, data_dir, options)
-  if not is_prepared(builder):
-    manual_dir = pathlib.Path(manual_dir).expanduser()
-    read_records(dataset, manual_dir, options)       # layout errors before any output
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
-  for split in builder.info.splits:
-    _load_index(builder, split)
-  return data_dir
+def _dataset_options(data_cfg: ConfigDict, dataset: str) -> dict:
+  options = data_cfg.get("options") or {}
+  return dict(options.get(dataset, {}) or {})
 
 
-# ----------------------------------------------------------------------------- opening splits
-
-def _index_path(builder, split: str) -> pathlib.Path:
-  return pathlib.Path(builder.data_dir) / f'reid_index_{split}.npz'
-
-
-def _load_index(builder, split: str) -> dict:
-  """Labels of a split; read from the index file, or gathered from the records and saved once."""
-  path = _index_path(builder, split)
-  if path.is_file():
-    with np.load(path, allow_pickle=False) as data:
-      return {k: data[k] for k in data.files}
-  source = builder.as_data_source(split=split, decoders={'image': tfds.decode.SkipDecoding()})
-  rows = [row for start in range(0, len(source), 1024)
-          for row in source.__getitems__(range(start, min(start + 1024, len(source))))]
-  index = {field: np.asarray([r[field[:-1]] for r in rows], np.int64).reshape(-1)
-           for field in _INDEX_FIELDS}
-  index['names'] = np.asarray([_text(r['name']) for r in rows], dtype=np.str_).reshape(-1)
-  try:
-    np.savez(path, **index)
-  except OSError:          # a read-only prepared copy still works, it is just re-indexed each time
-    pass
-  return index
+def _default_folder(dataset: str, options: dict) -> str | None:
+  name = DEFAULT_FOLDERS.get(dataset)
+  if dataset == "msmt17" and options.get("version") == "V2":
+    name = "MSMT17_V2"
+  if not name:
+    return None
+  path = os.path.join(default_manual_root(), name)
+  return path if os.path.isdir(path) else None
 
 
-def _text(value) -> str:
-  return value.decode() if isinstance(value, bytes) else str(value)
+def dataset_folder(data_cfg: ConfigDict, dataset: str) -> str | None:
+  """The configured or default folder of `dataset`, or None when it is not on this machine."""
+  from input_pipeline.reid.builder import READERS
+  if dataset not in READERS:
+    raise ValueError(f"unknown re-ID dataset {dataset!r}; available: {sorted(READERS)}")
+  configured = (data_cfg.get("folders") or {}).get(dataset, "")
+  if configured:
+    if not os.path.isdir(os.path.expanduser(configured)):
+      raise DatasetLayoutError(f"config.data.folders.{dataset} = {configured!r} is not a folder")
+    return configured
+  return _default_folder(dataset, _dataset_options(data_cfg, dataset))
 
 
-def reid_split(dataset: str, split: str, data_dir, **options) -> ReidSplit:
-  """Opens a prepared split; images stay encoded (decode them in the workers)."""
-  builder = reid_builder(dataset, data_dir, options)
-  if not is_prepared(builder):
-    raise DatasetLayoutError(
-        f'{data_dir} has no prepared {builder.builder_config.name}; run '
-        f"prepare_reid({dataset!r}, manual_dir, data_dir{_kwargs(options)}) first")
-  available = sorted(builder.info.splits)
-  if split not in available:
-    raise ValueError(f'{dataset} has splits {available}, not {split!r}')
-  index = _load_index(builder, split)
-  source = builder.as_data_source(split=split, decoders={'image': tfds.decode.SkipDecoding()})
-  return ReidSplit(dataset=dataset, split=split, source=source, pids=index['pids'],
-                   camids=index['camids'], viewids=index['viewids'],
-                   names=[str(n) for n in index['names']])
+def _write_embedded(data_cfg: ConfigDict, workdir: str) -> str:
+  from input_pipeline.reid.synthetic_market import write_synthetic_market
+  emb = data_cfg.embedded
+  root = os.path.join(workdir, "embedded_data")
+  folder = os.path.join(root, "Market-1501-v15.09.15")
+  if not os.path.isdir(folder):
+    folder = write_synthetic_market(root, num_train_ids=emb.num_train_ids, num_test_ids=emb.num_test_ids,
+                                    seed=emb.seed, images_per_id=emb.images_per_id)
+  return folder
 
 
-def _kwargs(options: dict) -> str:
-  return ''.join(f', {k}={v!r}' for k, v in sorted(options.items()))
+class ReidData:
+  """Prepares (once) and opens the splits of the training and evaluation datasets."""
 
+  def __init__(self, data_cfg: ConfigDict, workdir: str, train_dataset: str, eval_datasets):
+    self.cfg, self.workdir = data_cfg, workdir
+    self.train_dataset = train_dataset
+    self.embedded = dataset_folder(data_cfg, train_dataset) is None
+    for name in eval_datasets:
+      if name != train_dataset and dataset_folder(data_cfg, name) is None:
+        raise DatasetLayoutError(
+            f"evaluation dataset {name!r} was not found: set --config.data.folders.{name}=PATH (the folder "
+            f"as distributed, e.g. {DEFAULT_FOLDERS.get(name) or 'your folder'}) or put it under "
+            f"{default_manual_root()}")
+    if self.embedded:
+      msg = (f"No {train_dataset} dataset found (config.data.folders.{train_dataset} or "
+             f"{default_manual_root()}); training and evaluating on the embedded synthetic dataset in "
+             "Market-1501 layout instead.")
+      logging.warning(msg)
+      print(msg, flush=True)
 
-# ----------------------------------------------------------------------------- merging
+  def _resolve(self, dataset: str) -> tuple[str, str, dict]:
+    """(reader name, folder, options) after the embedded substitution."""
+    if dataset == self.train_dataset and self.embedded:
+      return "market1501", "", {}
+    return dataset, dataset_folder(self.cfg, dataset), _dataset_options(self.cfg, dataset)
 
-class MergedSource:
-  """Concatenated sources; item pids/camids shifted by each part's offsets (picklable for grain)."""
+  def _data_dir(self, dataset: str) -> str:
+    if dataset == self.train_dataset and self.embedded:
+      return os.path.join(self.workdir, "tfds")
+    return self.cfg.data_dir or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
 
-  def __init__(self, sources, datasets, pid_offsets, cam_offsets):
-    self._sources = list(sources)
-    self._prefixes = [f'{d}/'.encode() for d in datasets]
-    self._pid_offsets = [int(o) for o in pid_offsets]
-    self._cam_offsets = [int(o) for o in cam_offsets]
-    self._ends = np.cumsum([len(s) for s in self._sources])
+  def prepare(self, datasets) -> None:
+    """Builds the TFDS copies; in multi-process jobs process 0 builds while the others wait."""
+    import jax
+    from jax.experimental import multihost_utils
 
-  def __len__(self) -> int:
-    return int(self._ends[-1]) if len(self._ends) else 0
+    from input_pipeline.reid.splits import prepare_reid
+    if jax.process_index() == 0:
+      for dataset in dict.fromkeys(datasets):
+        name, folder, options = self._resolve(dataset)
+        if dataset == self.train_dataset and self.embedded:
+          folder = _write_embedded(self.cfg, self.workdir)
+        prepare_reid(name, folder, self._data_dir(dataset), **options)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("jaxmatch: re-ID datasets prepared")
 
-  def __getitem__(self, index: int) -> dict:
-    if not -len(self) <= index < len(self):
-      raise IndexError(f'index {index} out of range for {len(self)} records')
-    index %= len(self)
-    part = int(np.searchsorted(self._ends, index, side='right'))
-    start = int(self._ends[part - 1]) if part else 0
-    item = dict(self._sources[part][index - start])
-    item['pid'] = item['pid'] + self._pid_offsets[part]
-    item['camid'] = item['camid'] + self._cam_offsets[part]
-    name = item['name']
-    item['name'] = self._prefixes[part] + (name if isinstance(name, bytes) else name.encode())
-    return item
+  def split(self, dataset: str, split: str):
+    from input_pipeline.reid.splits import reid_split
+    name, _, options = self._resolve(dataset)
+    return reid_split(name, split, self._data_dir(dataset), **options)
 
-  def __repr__(self) -> str:   # deterministic: grain checks it when restoring an iterator
-    parts = ', '.join(f'({s!r}, pid+{p}, cam+{c})'
-                      for s, p, c in zip(self._sources, self._pid_offsets, self._cam_offsets))
-    return f'MergedSource([{parts}])'
-
-
-def merge_reid_splits(splits: list[ReidSplit]) -> ReidSplit:
-  """One split of all `splits` in order. Each part's pids and camids are shifted by the running sum
-  of (largest pid + 1) and (largest camid + 1) of the parts before it, so no two datasets share an
-  identity or a camera; the first part keeps its ids. Names (in `names` and in the items) are
-  prefixed '<dataset>/'."""
-  if not splits:
-    raise ValueError('merge_reid_splits needs at least one split')
-  pid_offsets, cam_offsets, pid_next, cam_next = [], [], 0, 0
-  for part in splits:
-    pid_offsets.append(pid_next)
-    cam_offsets.append(cam_next)
-    pid_next += int(part.pids.max()) + 1
-    cam_next += int(part.camids.max()) + 1
-  shifted = lambda field, offsets: np.concatenate(
-      [getattr(s, field) + o for s, o in zip(splits, offsets)]).astype(np.int64)
-  return ReidSplit(
-      dataset='+'.join(s.dataset for s in splits), split='+'.join(s.split for s in splits),
-      source=MergedSource([s.source for s in splits], [s.dataset for s in splits], pid_offsets,
-                          cam_offsets),
-      pids=shifted('pids', pid_offsets), camids=shifted('camids', cam_offsets),
-      viewids=np.concatenate([s.viewids for s in splits]).astype(np.int64),
-      names=[f'{s.dataset}/{n}' for s in splits for n in s.names])
+  def label(self, dataset: str) -> str:
+    return f"{dataset} (embedded synthetic)" if dataset == self.train_dataset and self.embedded else dataset

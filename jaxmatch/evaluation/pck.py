@@ -98,11 +98,11 @@ def _mean_table(fractions: np.ndarray, alphas: Sequence[float]) -> dict:
 class PCKAccumulator:
   """Collects per-pair PCK over batches and reports overall, per-category and per-difficulty means.
 
-  `add(pred, batch)` takes predicted target keypoints [B, K, 2] and a pipeline batch with 'trg_kps',
-  'kp_mask', 'pck_thr' and optionally 'valid' (padding rows are skipped), 'category' and the SPair
-  difficulty flags 'vpvar', 'scvar', 'trncn', 'occln'. Means are taken in float64 over exact
-  count / n_pts fractions: identical to the official train/val path and within 1e-5 of test.py's
-  float32 torch mean.
+  `add(pred, batch)` takes predicted target keypoints [B, K, 2] and a batch with 'trg_kps',
+  'kp_mask', 'pck_thr' (from `pck_threshold`) and optionally 'valid' (padding rows are skipped),
+  'category' and the SPair difficulty flags 'vpvar', 'scvar', 'trncn', 'occln'. Means are taken in
+  float64 over exact count / n_pts fractions: identical to the official train/val path and within
+  1e-5 of test.py's float32 torch mean.
   """
 
   def __init__(self, alphas: Sequence[float] = ALPHAS,

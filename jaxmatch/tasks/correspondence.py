@@ -22,9 +22,9 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
+from input_pipeline.correspondence.sources import dataset_spec, prepare_sources
 from jaxmatch import models
 from jaxmatch.evaluation.pck import ALPHAS, PCKAccumulator, pck_threshold
-from jaxmatch.tasks.correspondence_data import dataset_spec, prepare_sources
 from jaxmatch.tasks.base import ModelTask
 from jaxmatch import parallel
 
@@ -105,15 +105,14 @@ class CorrespondenceTask(ModelTask):
 
   def _dataset(self, dataset: str, split: str, batch_size: int, train: bool, seed: int,
                shard_index: int, shard_count: int):
-    from input_pipeline.pairs import pair_dataset
+    from input_pipeline.correspondence.pipeline import pair_dataset
     d = self.config.data
     return pair_dataset(self.sources[dataset], split, img_size=d.img_size, batch_size=batch_size,
                         train=train, augment=train and d.augment, seed=seed, max_kps=d.max_kps,
-                        shard_index=shard_index, shard_count=shard_count,
-                        threshold=dataset_spec(dataset).threshold)
+                        shard_index=shard_index, shard_count=shard_count)
 
   def train_iterator(self, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1):
-    from input_pipeline.pairs import make_iterator
+    from input_pipeline.correspondence.pipeline import make_iterator
     ds = self._dataset(self.config.data.dataset, self.config.data.train_split, batch_size, True, seed,
                        shard_index, shard_count)
     return make_iterator(ds, num_workers=self.config.data.num_workers)
@@ -134,7 +133,7 @@ class CorrespondenceTask(ModelTask):
     return self._predict_fns[key]
 
   def _eval_batches(self, mesh, bench: Benchmark):
-    from input_pipeline.pairs import make_iterator
+    from input_pipeline.correspondence.pipeline import make_iterator
     ecfg = self.config.eval
     parallel.check_batch_divisible(ecfg.batch_size, mesh)
     ds = self._dataset(bench.dataset, bench.split, parallel.per_process_batch(ecfg.batch_size), False, 0,
@@ -187,8 +186,7 @@ class CorrespondenceTask(ModelTask):
     for batch in self._eval_batches(mesh, bench):
       inputs = parallel.to_global({k: batch[k] for k in DEVICE_KEYS}, mesh)
       host = parallel.gather_rows(batch)
-      thresholds = {kind: pck_threshold(kind, host["trg_kps"], host["kp_mask"], host["trg_bbox"],
-                                        img_size=img_size) for kind in bench.thresholds}
+      thresholds = pck_thresholds(host, bench.thresholds, img_size)
       for m, fn_name in methods.items():
         pred = parallel.gather_rows(self._jitted(fn_name, mesh)(params, model_state, inputs))
         for kind, thr in thresholds.items():
@@ -203,6 +201,12 @@ class CorrespondenceTask(ModelTask):
     for (m, kind), acc in accs.items():
       out.setdefault(m, {})[kind] = acc.result()
     return out, {key: acc.format_table() for key, acc in accs.items()}
+
+
+def pck_thresholds(batch: dict, kinds, img_size: int) -> dict:
+  """{kind: PCK threshold [B]} of a host batch, from its target keypoints, mask and box."""
+  return {kind: pck_threshold(kind, batch["trg_kps"], batch["kp_mask"], batch["trg_bbox"],
+                              img_size=img_size) for kind in kinds}
 
 
 def denormalize(img: np.ndarray) -> np.ndarray:

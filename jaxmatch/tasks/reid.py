@@ -14,9 +14,9 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
+from input_pipeline.reid.sources import ReidData
 from jaxmatch import models
 from jaxmatch.tasks.base import ModelTask
-from jaxmatch.tasks.reid_data import ReidData
 from jaxmatch import parallel
 
 TRAIN_KEYS = ("image", "label")
@@ -45,7 +45,7 @@ class ReidTask(ModelTask):
     self.model = models.build(config)
     self.num_instances = int(d.num_instances)
     self.num_ids_per_batch = _ids_per_batch(config.train.batch_size, self.num_instances)
-    from input_pipeline.reid_sampling import nominal_pk_batches
+    from input_pipeline.reid.sampling import nominal_pk_batches
     self.steps_per_epoch = max(1, nominal_pk_batches(self.train_split.pids, self.num_ids_per_batch,
                                                      self.num_instances))
     self._embed_fns = {}
@@ -57,11 +57,11 @@ class ReidTask(ModelTask):
 
   def train_iterator(self, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1):
     """`batch_size` is this process's share; the sampler plans whole global P x K batches."""
-    from input_pipeline.reid_data import make_iterator, reid_train_dataset
+    from input_pipeline.reid.pipeline import make_iterator, reid_train_dataset
     d = self.config.data
-    ds = reid_train_dataset([self.train_split], img_size=tuple(d.img_size),
-                            num_ids_per_batch=self.num_ids_per_batch, num_instances=self.num_instances,
-                            augment=d.augment, seed=seed, shard_index=shard_index, shard_count=shard_count)
+    ds = reid_train_dataset([self.train_split], img_size=tuple(d.img_size), batch_size=batch_size,
+                            num_instances=self.num_instances, augment=d.augment, seed=seed,
+                            shard_index=shard_index, shard_count=shard_count)
     return make_iterator(ds, num_workers=d.num_workers)
 
   def num_train_steps(self, tcfg: ConfigDict) -> int:
@@ -138,7 +138,7 @@ def jit_embed(model, mesh):
 def extract_features(embed, params, model_state, mesh, split, config: ConfigDict) -> np.ndarray:
   """Test-time features [N, D] of every image of `split` (anything shaped like ReidSplit), in record
   order; with config.eval.flip_average the features of the image and its mirror image are summed."""
-  from input_pipeline.reid_data import make_iterator, reid_eval_dataset
+  from input_pipeline.reid.pipeline import make_iterator, reid_eval_dataset
   d, e = config.data, config.eval
   parallel.check_batch_divisible(e.batch_size, mesh)
   ds = reid_eval_dataset(split, img_size=tuple(d.img_size), batch_size=parallel.per_process_batch(e.batch_size),

@@ -9,7 +9,7 @@ PASCAL VOC order, 3 the horizontal-flip flag (trn only; 0 elsewhere). Keypoints 
 across the pair; a keypoint is kept only when it is visible in both images, and like the official
 loader's zip the shorter list bounds the pairing. Boxes are the .mat 'bbox' (x1, y1, x2, y2). All
 coordinates stay in original pixels; the pipeline rescales them. Layout of the configs and records:
-`input_pipeline.pair_builder`.
+`input_pipeline.correspondence.pair_builder`.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import pathlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from input_pipeline import pair_builder
+from input_pipeline.correspondence import pair_builder
 from input_pipeline.errors import DatasetLayoutError
 
 # PASCAL VOC order: the csv's class id k (1-based) names PFPASCAL_CATEGORIES[k - 1].

@@ -16,13 +16,15 @@ import os
 
 from ml_collections import ConfigDict
 
+from input_pipeline.manual_root import default_manual_root
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
   folder: str          # name of the distributed folder
-  module: str          # input_pipeline module with validate_/prepare_/..._sources
+  module: str          # builder module with validate_/prepare_/..._sources
   stem: str            # function suffix in that module
-  threshold: str       # the official PCK threshold kind (jaxmatch.evaluation.pck.pck_threshold)
+  threshold: str       # the official PCK threshold kind, as the evaluator names it
   splits: tuple[str, ...]
   categories: str      # name of the category tuple in that module
 
@@ -36,12 +38,13 @@ class DatasetSpec:
     return getattr(importlib.import_module(self.module), self.categories)
 
 
+_PKG = "input_pipeline.correspondence"
 DATASETS = {
-    "spair": DatasetSpec("SPair-71k", "input_pipeline.spair", "spair", "spair", ("trn", "val", "test"),
+    "spair": DatasetSpec("SPair-71k", f"{_PKG}.spair", "spair", "spair", ("trn", "val", "test"),
                          "SPAIR_CATEGORIES"),
-    "pfpascal": DatasetSpec("PF-PASCAL", "input_pipeline.pfpascal", "pfpascal", "pfpascal",
+    "pfpascal": DatasetSpec("PF-PASCAL", f"{_PKG}.pfpascal", "pfpascal", "pfpascal",
                             ("trn", "val", "test"), "PFPASCAL_CATEGORIES"),
-    "pfwillow": DatasetSpec("PF-WILLOW", "input_pipeline.pfwillow", "pfwillow", "pfwillow", ("test",),
+    "pfwillow": DatasetSpec("PF-WILLOW", f"{_PKG}.pfwillow", "pfwillow", "pfwillow", ("test",),
                             "PFWILLOW_CATEGORIES"),
 }
 DATASET_FOLDERS = {name: spec.folder for name, spec in DATASETS.items()}
@@ -52,12 +55,6 @@ def dataset_spec(name: str) -> DatasetSpec:
   if name not in DATASETS:
     raise ValueError(f"unknown dataset {name!r}; available: {sorted(DATASETS)}")
   return DATASETS[name]
-
-
-def default_manual_root() -> str:
-  """TFDS's conventional place for manually downloaded datasets (overridable by $JAXMATCH_DATA)."""
-  return os.environ.get("JAXMATCH_DATA",
-                        os.path.join(os.path.expanduser("~"), "tensorflow_datasets", "downloads", "manual"))
 
 
 def configured_folder(dataset: str, manual_dir: str = "") -> str | None:
@@ -77,13 +74,13 @@ def embedded_pair_counts(dataset: str, emb: ConfigDict, used_splits) -> dict[str
 def write_embedded(dataset: str, root: str, counts: dict[str, int], seed: int) -> str:
   """Writes the synthetic dataset under `root` in the distributed layout; returns its folder."""
   if dataset == "spair":
-    from input_pipeline.synthetic_spair import write_synthetic_spair
+    from input_pipeline.correspondence.synthetic_spair import write_synthetic_spair
     return write_synthetic_spair(root, num_pairs=counts, seed=seed)
   if dataset == "pfpascal":
-    from input_pipeline.synthetic_pf import write_synthetic_pfpascal
+    from input_pipeline.correspondence.synthetic_pf import write_synthetic_pfpascal
     return write_synthetic_pfpascal(root, num_pairs=counts, seed=seed)
   if dataset == "pfwillow":
-    from input_pipeline.synthetic_pf import write_synthetic_pfwillow
+    from input_pipeline.correspondence.synthetic_pf import write_synthetic_pfwillow
     return write_synthetic_pfwillow(root, num_pairs=counts["test"], seed=seed)
   raise ValueError(f"no embedded version of dataset {dataset!r}")
 

@@ -1,12 +1,11 @@
 """grain pipeline of image pairs for semantic correspondence (the sources of `spair_sources`,
 `pfpascal_sources` or `pfwillow_sources`: an 'images' split plus pair splits, see
-input_pipeline/pair_builder.py).
+input_pipeline/correspondence/pair_builder.py).
 
 Per pair, as the official loaders: both images resized (or, when augmenting, photometrically changed and
 cropped around the keypoints) to S x S; keypoints and boxes rescaled into that frame; records with
-flip = 1 (PF-PASCAL trn) mirrored afterwards, x -> S - x as the official code does (not S - 1 - x);
-the PCK threshold of the dataset's official kind ('spair' bbox, 'pfpascal' image side, 'pfwillow'
-padded-keypoint extent; see jaxmatch.evaluation.pck).
+flip = 1 (PF-PASCAL trn) mirrored afterwards, x -> S - x as the official code does (not S - 1 - x).
+No PCK threshold is computed here: evaluation derives it from trg_kps, kp_mask and trg_bbox.
 
 Sampling: for training, every epoch is a fresh permutation of the split (seeded by (seed, epoch)),
 cut into global batches with the remainder dropped, repeated `num_epochs` times or forever. For
@@ -29,10 +28,11 @@ import grain
 import numpy as np
 
 from input_pipeline.errors import DatasetLayoutError
-from input_pipeline.geometry import random_keypoint_crop, resize_image, scale_bbox, scale_points
+from input_pipeline.correspondence.geometry import (random_keypoint_crop, resize_image, scale_bbox,
+                                                    scale_points)
 from input_pipeline.images import decode_image
-from input_pipeline.photometric import photometric_augment
-from jaxmatch.evaluation.pck import pck_threshold
+from input_pipeline.iterators import make_iterator  # noqa: F401  (the checkpointable iterator)
+from input_pipeline.correspondence.photometric import photometric_augment
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -87,11 +87,9 @@ class PairPlan(grain.transforms.MapWithIndex):
 class LoadPair(grain.transforms.Map):
   """Plan -> one example: decodes both images, augments or resizes, rescales keypoints and boxes."""
 
-  def __init__(self, pairs, images, *, img_size: int, max_kps: int, augment: bool, seed: int,
-               threshold: str = 'spair'):
+  def __init__(self, pairs, images, *, img_size: int, max_kps: int, augment: bool, seed: int):
     self._pairs, self._images = pairs, images
     self._size, self._max_kps, self._augment, self._seed = img_size, max_kps, augment, seed
-    self._threshold = threshold
     # SPair's difficulty flags exist only where the dataset has them (not in PF-PASCAL/WILLOW).
     self._flags = tuple(k for k in FLAG_KEYS if len(pairs) and k in pairs[0])
 
@@ -137,11 +135,9 @@ class LoadPair(grain.transforms.Map):
   def _assemble(self, rec, index: int, src, trg) -> dict:
     n = len(rec['src_kps'])
     mask = np.arange(self._max_kps) < n
-    thr = pck_threshold(self._threshold, trg[1][None], np.ones((1, n), bool), trg[2][None],
-                        img_size=self._size)[0]
     example = {'src_img': normalize_image(src[0]), 'trg_img': normalize_image(trg[0]),
                'src_kps': self._pad_points(src[1]), 'trg_kps': self._pad_points(trg[1]),
-               'kp_mask': mask, 'n_pts': np.int32(n), 'pck_thr': np.float32(thr),
+               'kp_mask': mask, 'n_pts': np.int32(n),
                'src_bbox': src[2].astype(np.float32), 'trg_bbox': trg[2].astype(np.float32),
                'category': np.int32(rec['category']), 'pair_index': np.int32(index),
                'valid': np.bool_(True)}
@@ -152,7 +148,7 @@ class LoadPair(grain.transforms.Map):
     s, k = self._size, self._max_kps
     example = {'src_img': np.zeros((s, s, 3), np.float32), 'trg_img': np.zeros((s, s, 3), np.float32),
                'src_kps': np.zeros((k, 2), np.float32), 'trg_kps': np.zeros((k, 2), np.float32),
-               'kp_mask': np.zeros((k,), bool), 'n_pts': np.int32(0), 'pck_thr': np.float32(1),
+               'kp_mask': np.zeros((k,), bool), 'n_pts': np.int32(0),
                'src_bbox': np.zeros((4,), np.float32), 'trg_bbox': np.zeros((4,), np.float32),
                'category': np.int32(0), 'pair_index': np.int32(-1), 'valid': np.bool_(False)}
     example.update({key: np.int32(0) for key in self._flags})
@@ -175,16 +171,14 @@ def _text(value) -> str:
 
 def pair_dataset(sources, split: str, *, img_size: int = 240, batch_size: int, train: bool,
                  augment: bool, seed: int = 0, max_kps: int = 40, shard_index: int = 0,
-                 shard_count: int = 1, num_epochs: int | None = None,
-                 threshold: str = 'spair') -> grain.MapDataset:
+                 shard_count: int = 1, num_epochs: int | None = None) -> grain.MapDataset:
   """Batched pairs of `sources[split]` (images looked up in `sources['images']`).
 
   Each element is a dict of numpy arrays with batch_size rows (this process's share, see module doc):
   src_img/trg_img [b, S, S, 3] float32 normalised; src_kps/trg_kps [b, K, 2] float32 (x, y) in the
   S frame, zero where kp_mask [b, K] is False; n_pts, category, pair_index [b] int32 (plus vpvar,
-  scvar, trncn, occln where the records have them, i.e. SPair); pck_thr [b] float32 (the official
-  threshold of kind `threshold`: 'spair', 'pfpascal', 'pfwillow' or 'pfwillow_bbox_kp');
-  src_bbox/trg_bbox [b, 4] float32; valid [b] bool. Evaluation ignores num_epochs (one pass).
+  scvar, trncn, occln where the records have them, i.e. SPair); src_bbox/trg_bbox [b, 4] float32;
+  valid [b] bool. Evaluation ignores num_epochs (one pass).
   """
   if batch_size < 1 or not 0 <= shard_index < shard_count:
     raise ValueError(f'need batch_size >= 1 (got {batch_size}) and 0 <= shard_index '
@@ -199,15 +193,5 @@ def pair_dataset(sources, split: str, *, img_size: int = 240, batch_size: int, t
   ds = ds.repeat(num_epochs) if train else ds
   ds = ds.map_with_index(plan).map(
       LoadPair(pairs, sources['images'], img_size=img_size, max_kps=max_kps, augment=augment,
-               seed=seed, threshold=threshold))
+               seed=seed))
   return ds.batch(batch_size, drop_remainder=True)
-
-
-def make_iterator(dataset: grain.MapDataset, num_workers: int = 0, prefetch: int = 2):
-  """Checkpointable iterator (get_state / set_state); worker processes when num_workers > 0."""
-  read = grain.ReadOptions(num_threads=prefetch, prefetch_buffer_size=prefetch)
-  stream = dataset.to_iter_dataset(read)
-  if num_workers > 0:
-    stream = stream.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=num_workers, per_worker_buffer_size=max(1, prefetch)))
-  return iter(stream)

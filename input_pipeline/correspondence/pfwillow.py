@@ -7,7 +7,7 @@ original pixels). In the image paths the first component is dropped and the seco
 'PF-dataset/car(G)/x.png' is read from `<root>/car(G)/x.png`. PF-WILLOW has no object boxes: the
 records' boxes are the keypoints' bounding boxes (they only matter to the augmenting crop; the
 official PCK thresholds are computed from the keypoints, see jaxmatch.evaluation.pck). Layout of the
-configs and records: `input_pipeline.pair_builder`.
+configs and records: `input_pipeline.correspondence.pair_builder`.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import pathlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from input_pipeline import pair_builder
+from input_pipeline.correspondence import pair_builder
 from input_pipeline.errors import DatasetLayoutError
-from input_pipeline.pfpascal import read_pair_csv
+from input_pipeline.correspondence.pfpascal import read_pair_csv
 
 PFWILLOW_CATEGORIES = ('car(G)', 'car(M)', 'car(S)', 'duck(S)', 'motorbike(G)', 'motorbike(M)',
                        'motorbike(S)', 'winebottle(M)', 'winebottle(wC)', 'winebottle(woC)')

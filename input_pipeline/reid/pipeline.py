@@ -1,12 +1,13 @@
-"""grain datasets of re-ID batches over `ReidSplit`s (see input_pipeline/reid/sources.py).
+"""grain datasets of re-ID batches over `ReidSplit`s (see input_pipeline/reid/splits.py).
 
 Inputs are objects with `source` (random access: `source[i]` -> {'image': encoded bytes, ...}) and
 numpy `pids`, `camids`, `viewids` plus `names`, all known without decoding an image. Several
 training splits are concatenated; record index r of a plan refers to that concatenation.
 
-Every dataset element is one whole host-local batch (the planners of `reid_sampling` decide the
+Every dataset element is one whole host-local batch (the planners of `sampling` decide the
 records, the map below decodes and augments them), so worker processes keep the P x K structure.
-Sharding over processes: the global batch is split into `shard_count` contiguous row blocks and
+Sharding over processes: every constructor's `batch_size` is this process's rows, so the global
+batch has batch_size * shard_count rows; it is split into `shard_count` contiguous row blocks and
 process `shard_index` gets block `shard_index`; the union of the blocks is the single-process
 batch, augmentation included, because each record's random draws come from a generator keyed by
 (seed, epoch, position in the global epoch), independent of process count and worker scheduling.
@@ -30,10 +31,10 @@ import grain
 import numpy as np
 
 from input_pipeline.images import decode_image
-from input_pipeline.pairs import make_iterator  # noqa: F401  (same checkpointable iterator)
-from input_pipeline.reid_sampling import (BatchPlan, EpochBatches, FixedPlanner,
+from input_pipeline.iterators import make_iterator  # noqa: F401  (the checkpointable iterator)
+from input_pipeline.reid.sampling import (BatchPlan, EpochBatches, FixedPlanner,
                                           MultiGalleryPlanner, PairPlanner, PKPlanner, augment_rng)
-from input_pipeline.reid_transforms import ReidAugment
+from input_pipeline.reid.transforms import ReidAugment
 
 ID_KEYS = ('pid', 'camid', 'viewid')
 
@@ -136,26 +137,41 @@ def _augment(img_size, augment) -> ReidAugment:
   return augment if isinstance(augment, ReidAugment) else ReidAugment(img_size, augment)
 
 
-def reid_train_dataset(splits, *, img_size: Sequence[int] = (256, 128), num_ids_per_batch: int,
+def _global_batch(batch_size: int, shard_index: int, shard_count: int) -> int:
+  """The rows of one global batch: `batch_size` (this process's rows) times the process count."""
+  if batch_size < 1 or not 0 <= shard_index < shard_count:
+    raise ValueError(f'need batch_size >= 1 (got {batch_size}) and 0 <= shard_index '
+                     f'({shard_index}) < shard_count ({shard_count})')
+  return batch_size * shard_count
+
+
+def ids_per_batch(global_batch: int, num_instances: int) -> int:
+  """P of a global P x K batch; the batch must hold whole groups of K = num_instances images."""
+  if num_instances < 1 or global_batch % num_instances:
+    raise ValueError(f'a global batch of {global_batch} rows cannot hold P groups of '
+                     f'K = {num_instances} images: need K >= 1 dividing it')
+  return global_batch // num_instances
+
+
+def reid_train_dataset(splits, *, img_size: Sequence[int] = (256, 128), batch_size: int,
                        num_instances: int, augment=None, seed: int = 0, shard_index: int = 0,
                        shard_count: int = 1, plan: BatchPlan | None = None,
                        num_epochs: int | None = None, separate_ids: bool = False,
                        sampler: str = 'identity_chunk') -> grain.MapDataset:
-  """Training batches of P = num_ids_per_batch groups x K = num_instances images, endless unless
-  num_epochs: sampler 'identity_chunk' (PK) or 'multi_gallery' (KPM's probe + K - 1 gallery
-  groups), see reid_sampling; or exactly the batches of `plan` (one epoch) when a plan is given.
-  Each element holds this process's P * K / shard_count rows."""
-  if num_ids_per_batch < 1 or num_instances < 1:
-    raise ValueError(f'need P >= 1 and K >= 1, got P={num_ids_per_batch}, K={num_instances}')
+  """Training batches of `batch_size` rows per process, endless unless num_epochs. The sampler
+  plans global batches of P x K = batch_size * shard_count rows (K = num_instances, P derived) and
+  each process takes its block: sampler 'identity_chunk' (PK) or 'multi_gallery' (KPM's probe +
+  K - 1 gallery groups), see sampling.py; or exactly the batches of `plan` (one epoch) when a
+  plan is given."""
+  global_batch = _global_batch(batch_size, shard_index, shard_count)
+  num_ids = ids_per_batch(global_batch, num_instances)
   records = TrainRecords.from_splits(splits, separate_ids)
-  global_batch = num_ids_per_batch * num_instances
   if plan is None:
     # Identities are the contiguous labels, so merged datasets with clashing pids stay apart.
     if sampler == 'identity_chunk':
-      planner = PKPlanner(records.labels, num_ids_per_batch, num_instances, seed)
+      planner = PKPlanner(records.labels, num_ids, num_instances, seed)
     elif sampler == 'multi_gallery':
-      planner = MultiGalleryPlanner(records.labels, records.camids, num_ids_per_batch,
-                                    num_instances, seed)
+      planner = MultiGalleryPlanner(records.labels, records.camids, num_ids, num_instances, seed)
     else:
       raise ValueError(f"sampler must be 'identity_chunk' or 'multi_gallery', got {sampler!r}")
     first, epochs = 0, num_epochs
@@ -170,11 +186,13 @@ def reid_pair_dataset(splits, *, img_size: Sequence[int] = (384, 128), batch_siz
                       ratio: Sequence[int] = (1, 3), augment=None, seed: int = 0,
                       shard_index: int = 0, shard_count: int = 1, num_epochs: int | None = None,
                       separate_ids: bool = False) -> grain.MapDataset:
-  """Pair batches with exactly batch_size * pos / (pos + neg) positive pairs (global batch_size)."""
+  """Pair batches of `batch_size` rows per process; each global batch of batch_size * shard_count
+  pairs holds exactly pos / (pos + neg) of them positive."""
+  global_batch = _global_batch(batch_size, shard_index, shard_count)
   records = TrainRecords.from_splits(splits, separate_ids)
   # Identity keys for pairing are the contiguous labels, so separate datasets never pair up by pid.
-  planner = PairPlanner(records.labels, records.camids, batch_size, tuple(ratio), seed)
-  batches = EpochBatches(planner, batch_size, shard_index, shard_count, num_epochs)
+  planner = PairPlanner(records.labels, records.camids, global_batch, tuple(ratio), seed)
+  batches = EpochBatches(planner, global_batch, shard_index, shard_count, num_epochs)
   return batches.map(LoadPairBatch(records, _augment(img_size, augment), seed))
 
 
@@ -214,10 +232,7 @@ def reid_eval_dataset(split, img_size: Sequence[int] = (256, 128), batch_size: i
   gets its batch_size rows of each); the last batch is padded with valid=False rows. `augment`
   supplies the recipe's test resize and normalisation."""
   _check_split(split, 'evaluation split')
-  if batch_size < 1 or not 0 <= shard_index < shard_count:
-    raise ValueError(f'need batch_size >= 1 (got {batch_size}) and 0 <= shard_index '
-                     f'({shard_index}) < shard_count ({shard_count})')
-  global_batch = batch_size * shard_count
+  global_batch = _global_batch(batch_size, shard_index, shard_count)
   steps = -(-len(split.source) // global_batch)
   if steps == 0:
     raise ValueError('evaluation split is empty')

@@ -4,8 +4,8 @@ Each correspondence dataset (SPair-71k, PF-PASCAL, PF-WILLOW) is built as two co
 are stored once: '<name>/images' (split 'images': name, category, the original encoded bytes, width,
 height) and '<name>/pairs' (one split per official pair list). A pair record holds keypoints and boxes
 in ORIGINAL image pixels plus the source/target image names and their row numbers in the 'images'
-split, i.e. the fields `input_pipeline.pairs` reads. Records keep generation order (shuffling
-disabled) so those row numbers stay valid. Everything here works without TensorFlow.
+split, i.e. the fields `input_pipeline.correspondence.pipeline` reads. Records keep generation order
+(shuffling disabled) so those row numbers stay valid. Everything here works without TensorFlow.
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-from input_pipeline.spair import SPAIR_CATEGORIES, VOC_CLASS_IDS
+from input_pipeline.correspondence.spair import SPAIR_CATEGORIES, VOC_CLASS_IDS
 
 SPLITS = ('trn', 'val', 'test')
 DEFAULT_NUM_PAIRS = {'trn': 60, 'val': 20, 'test': 20}

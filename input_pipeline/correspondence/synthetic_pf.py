@@ -21,10 +21,11 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-from input_pipeline.pfpascal import PFPASCAL_CATEGORIES
-from input_pipeline.pfwillow import NUM_KPS, PFWILLOW_CATEGORIES
-from input_pipeline.synthetic_spair import (object_points, random_warp, render_target, source_image,
-                                            target_coords)
+from input_pipeline.correspondence.pfpascal import PFPASCAL_CATEGORIES
+from input_pipeline.correspondence.pfwillow import NUM_KPS, PFWILLOW_CATEGORIES
+from input_pipeline.correspondence.synthetic_spair import (object_points, random_warp,
+                                                           render_target, source_image,
+                                                           target_coords)
 
 PASCAL_SPLITS = ('trn', 'val', 'test')
 DEFAULT_PASCAL_PAIRS = {'trn': 60, 'val': 20, 'test': 20}
