@@ -13,6 +13,10 @@ from PIL import Image
 
 from input_pipeline.errors import CorruptImageError
 
+# The ImageNet channel statistics every backbone here was trained with (RGB in [0, 1]); the one copy.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 def open_rgb(data: bytes | str | os.PathLike, name: str | None = None) -> Image.Image:
   """Opens and fully decodes an image, converted to RGB."""

@@ -1,5 +1,6 @@
-"""Recipe files: `load_config('configs/x.py:arg')` outside the command line, and `load_common` for the
-shared parts (configs/common_*.py) a recipe builds on."""
+"""Recipe files: `load_config('configs/x.py:arg')` outside the command line, `load_common` for the shared
+parts (configs/common_*.py) a recipe builds on, and `apply_embedded_schedule` (a recipe's CPU schedule
+for the embedded data)."""
 from __future__ import annotations
 
 import importlib.util
@@ -37,3 +38,25 @@ def load_common(recipe_file: str, name: str) -> types.ModuleType:
   sys.modules[key] = module
   spec.loader.exec_module(module)
   return module
+
+
+def apply_embedded_schedule(config: ml_collections.ConfigDict) -> None:
+  """The recipe's `embedded_schedule` (a CPU-sized schedule for the synthetic data) over its fields;
+  nested sections (e.g. train.learning_rates) are merged field by field."""
+  schedule = config.get("embedded_schedule")
+  if not schedule:
+    return
+  changes = []
+
+  def merge(target: ml_collections.ConfigDict, fields, path: str) -> None:
+    for key, value in fields.items():
+      if key not in target:
+        raise ValueError(f"config.embedded_schedule.{path}{key}: config.{path}{key} does not exist")
+      if isinstance(target[key], ml_collections.ConfigDict) and hasattr(value, "items"):
+        merge(target[key], value, f"{path}{key}.")
+      else:
+        target[key] = value
+        changes.append(f"{path}{key}={value}")
+
+  merge(config, schedule, "")
+  print("Embedded data: using the recipe's CPU schedule (" + ", ".join(changes) + ")", flush=True)

@@ -25,7 +25,8 @@ _BATCH = flags.DEFINE_integer("batch_size", None, "Images per batch (default: co
 
 
 def _split():
-  from jaxmatch.features import folder_split, workdir_config
+  from jaxmatch.features import folder_split
+  from jaxmatch.tasks.restore import workdir_config
   if bool(_IMAGES.value) == bool(_DATASET.value):
     raise app.UsageError("give exactly one of --images DIR or --dataset NAME [--split]")
   if _IMAGES.value:
@@ -40,7 +41,8 @@ def _split():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from jaxmatch.features import extract_to_files, workdir_config
+  from jaxmatch.features import extract_to_files
+  from jaxmatch.tasks.restore import workdir_config
   from jaxmatch.runner import user_errors
   try:
     workdir_config(_WORKDIR.value)  # a missing or non-re-ID workdir is reported before any data is read

@@ -1,9 +1,9 @@
-"""Feature extraction with a trained re-ID model: a folder of images or a dataset split -> features.
+"""Feature extraction, the one place: test-time features of every image of a re-ID split (a dataset split
+or a folder of loose images), used by the re-ID evaluation and by `python -m jaxmatch.extract`.
 
-The model, its weights and the preprocessing come from a training workdir: its `config.json` (the
-effective configuration, with the classifier size) and its latest (or a chosen) checkpoint. Outputs
-are `<name>.npy` (float32 [N, D], the model's test-time feature) and `<name>.json` (file names and,
-where known, pid / camera / viewpoint per row, plus where the features came from).
+The model is fed exactly the batch fields its contract names (image, and camera / view for models with
+side information), mapped from the pipeline's keys. With config.eval.flip_average the features of each
+image and its mirror image are summed.
 """
 from __future__ import annotations
 
@@ -11,13 +11,18 @@ import json
 import os
 import pathlib
 
+import jax
 import numpy as np
 from ml_collections import ConfigDict
 
 from input_pipeline.errors import DatasetLayoutError
 from input_pipeline.reid.market1501 import IMAGE_SUFFIXES, parse_pid_cam
 from input_pipeline.reid.splits import ReidSplit
-from jaxmatch.tasks.base import ModelTask
+from jaxmatch import models, parallel
+from jaxmatch.tasks.base import select_fields
+
+# The model's batch fields -> the re-ID pipeline's keys.
+REID_FIELD_NAMES = {"camera": "camid", "view": "viewid"}
 
 
 class _FileSource:
@@ -55,58 +60,55 @@ def folder_split(folder) -> ReidSplit:
                    pids=pids, camids=camids, viewids=np.full(len(paths), -1, np.int64), names=names)
 
 
-def workdir_config(workdir: str) -> ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} not found: extraction needs a workdir written by training "
-                            "(python -m jaxmatch.main --config configs/<recipe>.py --workdir DIR)")
-  with open(path, encoding="utf-8") as f:
-    config = ConfigDict(json.load(f))
-  if config.get("task") != "reid":
-    raise ValueError(f"{workdir} holds a {config.get('task')!r} model; feature extraction is for re-ID models")
-  return config
+class FeatureExtractor:
+  """`extract(params, model_state, mesh, split) -> [N, D]` float32 features in record order, with the
+  model's jitted `embed` compiled once per mesh."""
 
+  def __init__(self, model, config: ConfigDict):
+    self.model, self.config = model, config
+    self.fields = models.contract_of(config).eval_fields
+    self._embed = {}
 
-class _Restorable(ModelTask):
-  """What loop.init_state needs to rebuild the train-state layout of a saved run."""
+  def _jitted(self, mesh):
+    if id(mesh) not in self._embed:
+      repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
+      self._embed[id(mesh)] = jax.jit(self.model.embed, in_shardings=(repl, repl, data), out_shardings=data)
+    return self._embed[id(mesh)]
 
-  def __init__(self, model, steps_per_epoch: int = 1):
-    self.model, self.steps_per_epoch = model, steps_per_epoch
+  def extract(self, params, model_state, mesh, split) -> np.ndarray:
+    from input_pipeline.reid.pipeline import make_iterator, reid_eval_dataset
+    d, e = self.config.data, self.config.eval
+    parallel.check_batch_divisible(e.batch_size, mesh)
+    ds = reid_eval_dataset(split, img_size=tuple(d.img_size),
+                           batch_size=parallel.per_process_batch(e.batch_size),
+                           shard_index=jax.process_index(), shard_count=jax.process_count(),
+                           flip=bool(e.flip_average), augment=d.augment)
+    embed = self._jitted(mesh)
+    views = ("image", "image_flip") if e.flip_average else ("image",)
+    feats, index = [], []
+    for batch in make_iterator(ds, num_workers=d.num_workers):
+      f = sum(parallel.gather_rows(embed(params, model_state, parallel.to_global(
+          self.inputs(batch, view), mesh))) for view in views)
+      keep = parallel.gather_rows(batch["index"])
+      feats.append(f[keep >= 0])
+      index.append(keep[keep >= 0])
+    order = np.argsort(np.concatenate(index), kind="stable")
+    return np.concatenate(feats)[order]
 
-  def load_pretrained(self, params, model_state):
-    return params, model_state  # the checkpoint replaces every weight
-
-
-def load_trained(workdir: str, step: int | None = None, mesh=None):
-  """(config, model, params, model_state, step) of a workdir's checkpoint, on `mesh`."""
-  from jaxmatch import models
-  from jaxmatch.train import checkpoint as ckpt
-  from jaxmatch import parallel
-  from jaxmatch.train import loop
-  config = workdir_config(workdir)
-  model = models.build(config)
-  mesh = mesh or parallel.make_mesh(None)
-  state, _ = loop.init_state(_Restorable(model), config.train, mesh, int(config.train.seed))
-  manager = ckpt.make_manager(workdir, int(config.train.keep_checkpoints), with_data=False)
-  if manager.latest_step() is None:
-    raise ckpt.CheckpointError(f"no checkpoint in {ckpt.checkpoint_dir(workdir)}")
-  state, meta = ckpt.restore(manager, ckpt.abstract_like(state, parallel.replicated(mesh)), step=step)
-  manager.close()
-  return config, model, state.params, state.model_state, int(meta["step"])
+  def inputs(self, batch: dict, view: str = "image") -> dict:
+    """The model's eval fields of a pipeline batch, the image taken from `view` (the mirror image)."""
+    return select_fields({**batch, "image": batch[view]}, self.fields, REID_FIELD_NAMES, "evaluation batch")
 
 
 def extract_to_files(workdir: str, split: ReidSplit, output: str, *, step: int | None = None,
                      batch_size: int | None = None) -> tuple[str, str]:
   """Writes `output` (.npy features) and its .json metadata; returns both paths."""
-  import jax
-
-  from jaxmatch.tasks.reid import extract_features, jit_embed
-  from jaxmatch import parallel
+  from jaxmatch.tasks.restore import load_trained
   mesh = parallel.make_mesh(None)
   config, model, params, model_state, step = load_trained(workdir, step, mesh)
   if batch_size:
     config.eval.batch_size = int(batch_size)
-  feats = extract_features(jit_embed(model, mesh), params, model_state, mesh, split, config)
+  feats = FeatureExtractor(model, config).extract(params, model_state, mesh, split)
   npy = output if output.endswith(".npy") else output + ".npy"
   meta_path = npy[:-4] + ".json"
   if jax.process_index() == 0:

@@ -111,7 +111,7 @@ def test_embedded_schedule_merges_nested_fields_and_names_unknown_ones():
   import ml_collections
 
   from jaxmatch.config_utils import load_config
-  from jaxmatch.tasks.reid import apply_embedded_schedule
+  from jaxmatch.config_utils import apply_embedded_schedule
   config = load_config(os.path.join(REPO, "configs", "baseline_market.py"))
   config.embedded_schedule = ml_collections.ConfigDict(dict(
       train=dict(batch_size=16, learning_rates=dict(head=1e-3)), data=dict(augment=dict(erasing="none"))))

@@ -30,18 +30,18 @@ import numpy as np
 from input_pipeline.errors import DatasetLayoutError
 from input_pipeline.correspondence.geometry import (random_keypoint_crop, resize_image, scale_bbox,
                                                     scale_points)
-from input_pipeline.images import decode_image
+from input_pipeline.images import IMAGENET_MEAN, IMAGENET_STD, decode_image
 from input_pipeline.iterators import make_iterator  # noqa: F401  (the checkpointable iterator)
 from input_pipeline.correspondence.photometric import photometric_augment
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+_MEAN = np.asarray(IMAGENET_MEAN, np.float32)
+_STD = np.asarray(IMAGENET_STD, np.float32)
 FLAG_KEYS = ('vpvar', 'scvar', 'trncn', 'occln')
 
 
 def normalize_image(img: np.ndarray) -> np.ndarray:
   """uint8 [H, W, 3] -> float32 ImageNet-normalised (ToTensor then Normalize)."""
-  return np.ascontiguousarray((img.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD)
+  return np.ascontiguousarray((img.astype(np.float32) / 255.0 - _MEAN) / _STD)
 
 
 def steps_per_epoch(num_records: int, batch_size: int, train: bool) -> int:

@@ -38,8 +38,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageEnhance
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from input_pipeline.images import IMAGENET_MEAN, IMAGENET_STD
+
 INTERPOLATIONS = {'nearest': Image.NEAREST, 'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC}
 
 

@@ -15,30 +15,17 @@ workdir/eval/figures (keypoints with error lines; the source warped onto the tar
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import jax
-import numpy as np
 from ml_collections import ConfigDict
 
 from input_pipeline.correspondence.sources import dataset_spec, prepare_sources
-from jaxmatch import models
+from jaxmatch import models, parallel
 from jaxmatch.evaluation.pck import ALPHAS, PCKAccumulator, pck_threshold
+from jaxmatch.tasks import correspondence_report as report
 from jaxmatch.tasks.base import ModelTask
-from jaxmatch import parallel
 
-DEVICE_KEYS = ("src_img", "trg_img", "src_kps", "trg_kps", "kp_mask")
-THRESHOLD_LABELS = {
-    "spair": "alpha_bbox: max side of the target object box",
-    "pfpascal": "alpha_img: the (resized) image side",
-    "pfwillow": "alpha_bbox as the official code computes it: extent of the target keypoint row including "
-                "its -2 padding, i.e. max(x_max, y_max) + 2 (inflates PCK)",
-    "pfwillow_bbox_kp": "alpha_bbox-kp: max side of the target keypoints' bounding box (the intended "
-                        "threshold)",
-}
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,9 +53,10 @@ def benchmarks_from_config(config: ConfigDict) -> list[Benchmark]:
     if b.split not in spec.splits:
       raise ValueError(f"benchmark {name!r}: dataset {b.dataset!r} has splits {spec.splits}, not {b.split!r}")
     thresholds = tuple(b.get("thresholds") or (spec.threshold,))
-    unknown = [t for t in thresholds if t not in THRESHOLD_LABELS]
+    unknown = [t for t in thresholds if t not in report.THRESHOLD_LABELS]
     if unknown:
-      raise ValueError(f"benchmark {name!r}: unknown thresholds {unknown}; available: {sorted(THRESHOLD_LABELS)}")
+      raise ValueError(f"benchmark {name!r}: unknown thresholds {unknown}; "
+                       f"available: {sorted(report.THRESHOLD_LABELS)}")
     out.append(Benchmark(name, b.dataset, b.split, thresholds, tuple(b.get("alphas") or ALPHAS),
                          b.get("manual_dir", "") or ""))
   if not out:
@@ -98,11 +86,7 @@ class CorrespondenceTask(ModelTask):
                                                      b.manual_dir or "", used)
     self._predict_fns = {}
 
-  # --- what the shared loop calls (init, groups and loss: ModelTask) -----------------------------------
-  @staticmethod
-  def train_inputs(batch: dict) -> dict:
-    return {k: batch[k] for k in DEVICE_KEYS}
-
+  # --- what the shared loop calls (init, groups, loss and batch fields: ModelTask) --------------------
   def _dataset(self, dataset: str, split: str, batch_size: int, train: bool, seed: int,
                shard_index: int, shard_count: int):
     from input_pipeline.correspondence.pipeline import pair_dataset
@@ -171,8 +155,9 @@ class CorrespondenceTask(ModelTask):
           scalars.update({f"{prefix}{k}/{label}": v for k, v in numbers.items()})
           if bench.name == headline and kind == bench.thresholds[0]:
             scalars.update({f"{prefix}{k}": v for k, v in numbers.items()})
-        _report(workdir, f"{tag}_{m}_{bench.name}", step, bench, per_threshold,
-                {kind: tables[(m, kind)] for kind in per_threshold})
+        if jax.process_index() == 0:
+          report.write_report(workdir, f"{tag}_{m}_{bench.name}", step, bench, per_threshold,
+                              {kind: tables[(m, kind)] for kind in per_threshold})
     return scalars
 
   def _evaluate_benchmark(self, params, model_state, mesh, workdir, bench: Benchmark, methods: dict,
@@ -184,7 +169,7 @@ class CorrespondenceTask(ModelTask):
     figures_left = int(self.config.eval.get("num_figures", 0)) if jax.process_index() == 0 else 0
     img_size = self.config.data.img_size
     for batch in self._eval_batches(mesh, bench):
-      inputs = parallel.to_global({k: batch[k] for k in DEVICE_KEYS}, mesh)
+      inputs = parallel.to_global(self.eval_inputs(batch), mesh)
       host = parallel.gather_rows(batch)
       thresholds = pck_thresholds(host, bench.thresholds, img_size)
       for m, fn_name in methods.items():
@@ -194,9 +179,9 @@ class CorrespondenceTask(ModelTask):
         if m == "model" and figures_left > 0:
           dense = parallel.gather_rows(self._jitted("predict_dense", mesh)(params, model_state, inputs))
           alpha = 0.1 if 0.1 in bench.alphas else bench.alphas[0]
-          figures_left -= write_figures(os.path.join(workdir, "eval", "figures"), f"{tag}_{bench.name}",
-                                        host, pred, dense, alpha * thresholds[bench.thresholds[0]],
-                                        figures_left)
+          figures_left -= report.write_figures(os.path.join(workdir, "eval", "figures"),
+                                               f"{tag}_{bench.name}", host, pred, dense,
+                                               alpha * thresholds[bench.thresholds[0]], figures_left)
     out = {}
     for (m, kind), acc in accs.items():
       out.setdefault(m, {})[kind] = acc.result()
@@ -207,53 +192,3 @@ def pck_thresholds(batch: dict, kinds, img_size: int) -> dict:
   """{kind: PCK threshold [B]} of a host batch, from its target keypoints, mask and box."""
   return {kind: pck_threshold(kind, batch["trg_kps"], batch["kp_mask"], batch["trg_bbox"],
                               img_size=img_size) for kind in kinds}
-
-
-def denormalize(img: np.ndarray) -> np.ndarray:
-  """ImageNet-normalised float [H, W, 3] -> uint8 RGB."""
-  return np.clip(np.round((img * IMAGENET_STD + IMAGENET_MEAN) * 255), 0, 255).astype(np.uint8)
-
-
-def write_figures(folder: str, prefix: str, batch: dict, pred: np.ndarray, dense: np.ndarray,
-                  tolerance: np.ndarray, limit: int) -> int:
-  """Keypoint and warp PNGs for up to `limit` valid pairs of a host batch; returns how many were drawn.
-
-  `pred` [B, K, 2] predicted target keypoints, `dense` [B, g, g, 2] source position (pixels) of every
-  target grid cell, `tolerance` [B] the PCK distance (alpha * threshold) used to colour the keypoints.
-  """
-  from jaxmatch.visualize.correspondence import keypoint_figure, save_png, warp_figure
-  os.makedirs(folder, exist_ok=True)
-  drawn = 0
-  for i in np.flatnonzero(batch["valid"])[:limit]:
-    mask = np.asarray(batch["kp_mask"][i], bool)
-    src, trg = denormalize(batch["src_img"][i]), denormalize(batch["trg_img"][i])
-    stem = os.path.join(folder, f"{prefix}_{int(batch['pair_index'][i])}")
-    save_png(f"{stem}_keypoints.png", keypoint_figure(src, trg, batch["src_kps"][i][mask],
-                                                      batch["trg_kps"][i][mask], pred[i][mask],
-                                                      threshold=float(tolerance[i])))
-    save_png(f"{stem}_warp.png", warp_figure(src, trg, dense[i]))
-    drawn += 1
-  return drawn
-
-
-def _report(workdir: str, name: str, step: int, bench: Benchmark, per_threshold: dict,
-            tables: dict) -> None:
-  """workdir/eval/<name>.json and .txt: one table per threshold, each labelled with its definition."""
-  if jax.process_index() != 0:
-    return
-  blocks, payload = [], {}
-  for kind, result in per_threshold.items():
-    label = bench.label(kind)
-    header = (f"PCK on {bench.dataset} '{bench.split}' [{label}: {THRESHOLD_LABELS[kind]}] "
-              f"({name}, step {step}, {result.get('num_pairs')} pairs)")
-    blocks.append(f"{header}\n{tables[kind]}")
-    payload[label] = {"threshold": kind, "definition": THRESHOLD_LABELS[kind], **result}
-  text = "\n\n".join(blocks)
-  print(f"\n{text}\n", flush=True)
-  out = os.path.join(workdir, "eval")
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, f"{name}.json"), "w", encoding="utf-8") as f:
-    json.dump({"step": step, "benchmark": bench.name, "dataset": bench.dataset, "split": bench.split,
-               "results": payload}, f, indent=2, default=float)
-  with open(os.path.join(out, f"{name}.txt"), "w", encoding="utf-8") as f:
-    f.write(text + "\n")
