@@ -71,6 +71,28 @@ def test_eval_mode_reproduces_the_final_numbers(trained):
     assert again[mode]["mAP"] == pytest.approx(final[mode]["mAP"], rel=1e-6)
 
 
+def test_float16_reranking_like_transreid_is_a_config_option(trained):
+  """--config.eval.rerank_float16_like_transreid reaches the evaluator: TransReID's float16 rounding
+  moves the re-ranked distances a little (plain metrics are untouched)."""
+  root, workdir, _ = trained
+  final = json.load(open(workdir / "eval" / "final_market1501.json"))
+  proc = _run("jaxmatch.main", [*TINY, f"--workdir={workdir}", "--mode=eval",
+                                "--config.eval.rerank_float16_like_transreid=True"], root / "no_data_here")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  half = json.load(open(workdir / "eval" / "eval_market1501.json"))
+  assert half["plain"]["mAP"] == pytest.approx(final["plain"]["mAP"], rel=1e-6)
+  assert half["rerank"]["mAP"] == pytest.approx(final["rerank"]["mAP"], abs=2.0)
+
+
+def test_rerank_options_follow_the_config():
+  from jaxmatch.config_utils import load_config
+  from jaxmatch.tasks.reid import rerank_options
+  e = load_config(os.path.join(REPO, "configs", "baseline_market.py")).eval
+  assert rerank_options(e) == {"k1": 20, "k2": 6, "lambda": 0.3, "float16_like_transreid": False}
+  e.rerank_float16_like_transreid = True
+  assert rerank_options(e)["float16_like_transreid"] is True
+
+
 def test_extract_folder_and_dataset_split_agree(trained):
   root, workdir, _ = trained
   query_dir = workdir / "embedded_data" / "Market-1501-v15.09.15" / "query"
@@ -110,8 +132,7 @@ def test_extract_needs_a_trained_workdir(tmp_path):
 def test_embedded_schedule_merges_nested_fields_and_names_unknown_ones():
   import ml_collections
 
-  from jaxmatch.config_utils import load_config
-  from jaxmatch.config_utils import apply_embedded_schedule
+  from jaxmatch.config_utils import apply_embedded_schedule, load_config
   config = load_config(os.path.join(REPO, "configs", "baseline_market.py"))
   config.embedded_schedule = ml_collections.ConfigDict(dict(
       train=dict(batch_size=16, learning_rates=dict(head=1e-3)), data=dict(augment=dict(erasing="none"))))
