@@ -99,7 +99,9 @@ def test_jaxmatch_matches_the_standin_at_every_stage(passing_report):
   assert [r.stage.name for r in report.results] == STAGES
   assert report.passed, report.render()
   for r in report.results:
-    assert r.max_rel < 1e-5, f"{r.stage.name}: {r.max_rel}"  # far inside the 1e-4 tolerance
+    # far inside the 1e-4 tolerance; the sharpened head amplifies float32 rounding to ~1e-5
+    bound = 3e-5 if r.stage.name in ("match2match", "correlation_upsampled") else 1e-5
+    assert r.max_rel < bound, f"{r.stage.name}: {r.max_rel}"
   text = report.render()
   assert "random official initialisation (torch seed 0), sharpened (" in text
   assert "2 seeded random pair(s) of 64x64 images" in text

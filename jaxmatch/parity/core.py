@@ -286,7 +286,7 @@ class Adapter(Protocol):
   def stages(self, config) -> tuple[Stage, ...]: ...
   def run_reference(self, model, modules: dict, inputs: dict, config) -> dict: ...
   def run_ours(self, variables: dict, inputs: dict, config) -> dict: ...
-  # Sensitivity (see `sensitivity_check`): every floating state_dict key must be in a group or unused.
+  # Sensitivity (see sensitivity.check_sensitivity): every floating state_dict key must be in a group or unused.
   def parameter_groups(self, shapes: Mapping[str, tuple], config) -> dict[str, list[Member]]: ...
   def unused_parameters(self, shapes: Mapping[str, tuple], config) -> dict[str, str]: ...  # key -> why
   def sharpen(self, model, modules: dict, inputs: dict, config) -> str: ...  # in place; says what it did
@@ -306,7 +306,8 @@ def _timed(seconds: dict, key: str):
 
 
 def run_parity(config, reference_repo: str, torch_checkpoint: str | None = None, allow_pickle: bool = False,
-               seed: int = 0, batch_size: int = 1, sharpen: bool = True, sensitivity: bool = True) -> ParityReport:
+               seed: int = 0, batch_size: int = 1, sharpen: bool = True,
+               sensitivity: bool = True) -> ParityReport:
   """Builds the official model and jaxmatch's from the same weights and compares them stage by stage.
 
   `sharpen`: let the adapter rescale the seeded random weights so every parameter group matters (ignored
@@ -344,9 +345,10 @@ def run_parity(config, reference_repo: str, torch_checkpoint: str | None = None,
     raise ParityError("the official model built from this config differs from jaxmatch's:\n  "
                       + "\n  ".join(problems))
   inputs = adapter.make_inputs(config, batch_size, seed)
-  if checkpoint is None:
-    weights += f", {_sharpen(adapter, model, modules, inputs, config)}, converted" if sharpen else \
-        ", not sharpened (--nosharpen), converted"
+  if checkpoint is None:  # a checkpoint is compared as given
+    with _timed(seconds, "sharpen"):
+      how = _sharpen(adapter, model, modules, inputs, config) if sharpen else "not sharpened"
+    weights += f", {how}, converted"
   from jaxmatch.convert.keys import CheckpointMismatchError
   try:
     variables = adapter.convert(numpy_state_dict(model), config)
