@@ -383,7 +383,7 @@ def test_command_line_refuses_an_unbuildable_config_with_exit_2():
 
 @pytest.mark.slow
 def test_command_line_end_to_end_mismatch_exits_1(tmp_path):
-  proc = _cli(["--reference_repo", STANDIN], {"JAXMATCH_PARITY_STANDIN": "perturb_attention_scale"})
+  proc = _cli(["--reference_repo", STANDIN], {"JAXMATCH_PARITY_STANDIN": "perturb_match2match"})
   assert proc.returncode == 1, proc.stderr[-3000:]
   _check_failing_output(proc.stdout, "match2match")
   assert "23/23 parameter groups covered" in proc.stdout.splitlines()[-1]
