@@ -25,7 +25,7 @@ additive attention's softmaxes over all tokens are nearly flat and the pooled gl
 (~1e-4 against values ~1), so the logit weights, the scale, both softmaxes and the value path would move no
 stage: a port could get them wrong and pass. One calibrating reference forward rescales, block by block,
 each logit layer so its logits have std LOGIT_STD (peaked softmaxes) and `to_r`'s weight so the value path
-has std VALUE_STD (comparable to the query it is added to). The sensitivity self-check groups are each
+has std VALUE_STD (a quarter of that of the query it is added to). The sensitivity self-check groups are each
 backbone stage of each stream (the rows of the doubled tensors) and the head's roles across its blocks.
 
 What the official code can build: ResNet-50/101 only; its Match2Match hard-codes 26 correlation channels
