@@ -6,6 +6,8 @@ transfer, loss, gradients and one Adam step. Tolerances are the manifest's
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import jax
 import jax.numpy as jnp
@@ -254,6 +256,37 @@ def test_adam_step(fx, setup, train_result):
     big = g > 1e-4
     close(b[big], ref[big], 1e-6, f"step1 {t.torch_key}", rtol=2.4e-7)
     close(b, ref, 2e-3 + 1e-6, f"step1 (all entries) {t.torch_key}")
+
+
+# Near-flat attention would hide these paths (a port could get them wrong and pass). Each change is applied
+# to the fixture's weights on our side only and stands for a port 1% off on that path: w_q or w_k x 1.01
+# is the attention scale x 1.01 in that softmax.
+ONE_PERCENT_CHANGES = {
+    "query softmax scale": (".to_q_attn_logits.weight", None),
+    "key softmax scale": (".to_k_attn_logits.weight", None),
+    "value rows of to_qkv": (".to_qkv.weight", slice(64, 96)),
+    "to_r weight": (".to_r.weight", None),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _refined_fn():
+  return jax.jit(lambda variables, corr: Match2Match().apply(variables, corr)[0])
+
+
+@pytest.mark.parametrize("change", sorted(ONE_PERCENT_CHANGES))
+def test_the_fixture_sees_a_one_percent_change_of_each_attention_path(fx, setup, change):
+  """The fixture's sharpened logit layers (x32) and checkerboard input make every attention path matter:
+  1% off moves `refined` far beyond its tolerance, so the comparisons above would catch such a port."""
+  suffix, rows = ONE_PERCENT_CHANGES[change]
+  sd = {k[len("sd/"):]: np.array(v, np.float32) for k, v in fx.items() if k.startswith("sd/")}
+  changed = [k for k in sd if k.endswith(suffix)]
+  assert len(changed) == DEPTH
+  for k in changed:
+    sd[k][slice(None) if rows is None else rows] *= 1.01
+  variables = jax.tree.map(jnp.asarray, match2match_params_from_state_dict(sd))
+  err = float(np.abs(np.asarray(_refined_fn()(variables, setup["corr"])) - fx["out/refined"]).max())
+  assert err > 20 * ATOL_CORR, f"{change} x 1.01 moves refined by {err:.3g} only (tolerance {ATOL_CORR})"
 
 
 def test_other_sizes_and_bf16():

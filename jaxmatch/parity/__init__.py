@@ -2,6 +2,8 @@
 from jaxmatch.parity.core import (ADAPTERS, ParityError, ParityReport, Stage, StageResult, cli_run,
                                   compare_stage, format_table, get_adapter, import_reference,
                                   relative_error, run_parity)
+from jaxmatch.parity.sensitivity import GroupSensitivity, SensitivityReport, check_sensitivity
 
-__all__ = ["ADAPTERS", "ParityError", "ParityReport", "Stage", "StageResult", "cli_run", "compare_stage",
-           "format_table", "get_adapter", "import_reference", "relative_error", "run_parity"]
+__all__ = ["ADAPTERS", "GroupSensitivity", "ParityError", "ParityReport", "SensitivityReport", "Stage",
+           "StageResult", "check_sensitivity", "cli_run", "compare_stage", "format_table", "get_adapter",
+           "import_reference", "relative_error", "run_parity"]

@@ -3,8 +3,12 @@
 Builds the official PyTorch model from the user's clone of the authors' repository (PATH) and jaxmatch's
 model from the same weights (the checkpoint, or the official random initialisation seeded by --seed), runs
 both on the same seeded inputs on CPU in float32 and prints, stage by stage, the max absolute and relative
-difference with pass/fail. Exit code: 0 all stages pass, 1 a stage fails, 2 the comparison could not run
-(missing repository or entry point, a config the official code cannot build, weights that do not fit).
+difference with pass/fail. Random weights are first sharpened by the model's adapter so that every
+parameter group matters; then a sensitivity self-check scales each parameter group by 1.01 in the reference
+alone and reports a group that moves no stage beyond its tolerance as "not covered" (named in the verdict
+line and the JSON; the exit code still follows the stages). Exit code: 0 all stages pass, 1 a stage fails,
+2 the comparison could not run (missing repository or entry point, a config the official code cannot
+build, weights that do not fit).
 """
 from __future__ import annotations
 
@@ -23,13 +27,19 @@ _PICKLE = flags.DEFINE_bool("allow_pickle", False, "Allow legacy .pth files that
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random weights and inputs.")
 _BATCH = flags.DEFINE_integer("batch_size", 1, "Image pairs per comparison.")
 _JSON = flags.DEFINE_string("json_out", None, "Also write the report as JSON to this file.")
+_SHARPEN = flags.DEFINE_bool("sharpen", True, "Rescale the random weights so every parameter group moves a "
+                             "stage (--nosharpen: the plain official initialisation; ignored with "
+                             "--torch_checkpoint, whose weights are used as given).")
+_SENSITIVITY = flags.DEFINE_bool("sensitivity", True, "Run the sensitivity self-check: one reference forward "
+                                 "per parameter group (--nosensitivity skips it).")
 
 
 def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from jaxmatch.parity.core import cli_run
-  return cli_run(_CONFIG.value, _REPO.value, _TORCH.value, _PICKLE.value, _SEED.value, _BATCH.value, _JSON.value)
+  return cli_run(_CONFIG.value, _REPO.value, _TORCH.value, _PICKLE.value, _SEED.value, _BATCH.value, _JSON.value,
+                 _SHARPEN.value, _SENSITIVITY.value)
 
 
 def run():

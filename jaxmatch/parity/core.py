@@ -7,9 +7,18 @@ how to convert its weights and how to compute the same stages in jaxmatch. `run_
 
   1. checks the config against what the official code can build (clear error otherwise),
   2. imports the repository (sys.path insertion; missing files or entry points are named),
-  3. builds the official model: seeded random weights, or a checkpoint read with `weights_only`,
+  3. builds the official model: seeded random weights, "sharpened" by the adapter, or a checkpoint read
+     with `weights_only` (used as given),
   4. converts that very state_dict with jaxmatch's converter,
-  5. runs both on the same seeded inputs in float32 and compares every stage.
+  5. runs both on the same seeded inputs in float32 and compares every stage,
+  6. checks that the comparison could have failed: each parameter group of the official model, scaled by
+     1.01 on the reference side alone, must move some stage beyond its tolerance (reference forwards only).
+
+Why 6: a comparison with random weights can pass whatever the port does on some path (an attention softmax
+that is flat over 50k tokens makes its logits, scale and value path invisible). The adapter's `sharpen`
+rescales the seeded weights so every group matters; the sensitivity self-check shows it, and with a
+checkpoint reports what those weights leave untested. A group that moves no stage is "not covered": the
+verdict line and the JSON say so, but the exit code still follows the stages (0 pass, 1 mismatch).
 
 A stage passes when max|ours - ref| / max|ref| <= its tolerance (relative to the largest reference value:
 element-wise ratios blow up where the reference is near zero, which says nothing about the port). A stage
@@ -24,9 +33,12 @@ import json
 import os
 import sys
 import time
-from typing import Any, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, Union
 
 import numpy as np
+
+if TYPE_CHECKING:
+  from jaxmatch.parity.sensitivity import SensitivityReport
 
 # model name (config.model.name) -> adapter module exposing `ADAPTER`
 ADAPTERS = {"transformatcher": "jaxmatch.parity.transformatcher"}
@@ -126,18 +138,26 @@ class ParityReport:
   inputs: str
   results: list[StageResult]
   seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+  sensitivity: SensitivityReport | None = None  # None: the self-check was not run
 
   @property
   def passed(self) -> bool:
     return all(r.passed for r in self.results)
 
+  def coverage(self) -> str:
+    return "sensitivity self-check skipped" if self.sensitivity is None else self.sensitivity.summary()
+
   def summary(self) -> str:
+    n = len(self.results)
     bad = first_failure(self.results)
     if bad is None:
-      return f"RESULT: PASS ({len(self.results)}/{len(self.results)} stages within tolerance)"
+      gaps = self.sensitivity.gaps() if self.sensitivity is not None else ""
+      if gaps:
+        return f"RESULT: PASS, but {gaps} ({n}/{n} stages within tolerance)"
+      return f"RESULT: PASS ({n}/{n} stages within tolerance; {self.coverage()})"
     n_bad = sum(not r.passed for r in self.results)
     detail = bad.note or f"max rel {bad.max_rel:.3e} > {bad.stage.rtol:.0e}"
-    return (f"RESULT: FAIL ({n_bad}/{len(self.results)} stages out of tolerance); first diverging stage: "
+    return (f"RESULT: FAIL ({n_bad}/{n} stages out of tolerance; {self.coverage()}); first diverging stage: "
             f"{bad.stage.name} ({bad.stage.description}): {detail}")
 
   def render(self) -> str:
@@ -146,12 +166,17 @@ class ParityReport:
             f"weights: {self.weights}", f"inputs: {self.inputs}; float32 on CPU"]
     if timing:
       head.append(f"time: {timing}")
-    return "\n".join(head + ["", format_table(self.results), "", self.summary()])
+    body = [format_table(self.results)]
+    if self.sensitivity is not None:
+      body.append(self.sensitivity.render())
+    return "\n".join(head + [""] + "\n\n".join(body).splitlines() + ["", self.summary()])
 
   def to_json(self) -> str:
     return json.dumps({"model": self.model, "reference_repo": self.reference_repo, "weights": self.weights,
-                       "inputs": self.inputs, "passed": self.passed, "seconds": self.seconds,
-                       "stages": [r.to_dict() for r in self.results]}, indent=1)
+                       "inputs": self.inputs, "passed": self.passed, "summary": self.summary(),
+                       "seconds": self.seconds, "stages": [r.to_dict() for r in self.results],
+                       "sensitivity": None if self.sensitivity is None else self.sensitivity.to_dict()},
+                      indent=1)
 
 
 # ----------------------------------------------------------------------------- importing the reference
@@ -239,6 +264,11 @@ def load_reference_weights(model, state_dict: Mapping[str, np.ndarray], path: st
 
 
 # ----------------------------------------------------------------------------- adapters
+# A parameter group member: a whole state_dict entry, or (key, index) for part of one (e.g. one stream's
+# rows of a doubled tensor: ("backbone.conv1.weight", slice(0, 64))).
+Member = Union[str, tuple[str, Any]]
+
+
 class Adapter(Protocol):
   """What a model plugs into the tool (one module per model, `ADAPTER = ...` inside)."""
   name: str
@@ -256,6 +286,10 @@ class Adapter(Protocol):
   def stages(self, config) -> tuple[Stage, ...]: ...
   def run_reference(self, model, modules: dict, inputs: dict, config) -> dict: ...
   def run_ours(self, variables: dict, inputs: dict, config) -> dict: ...
+  # Sensitivity (see sensitivity.check_sensitivity): every floating state_dict key must be in a group or unused.
+  def parameter_groups(self, shapes: Mapping[str, tuple], config) -> dict[str, list[Member]]: ...
+  def unused_parameters(self, shapes: Mapping[str, tuple], config) -> dict[str, str]: ...  # key -> why
+  def sharpen(self, model, modules: dict, inputs: dict, config) -> str: ...  # in place; says what it did
 
 
 def get_adapter(name: str) -> Adapter:
@@ -272,8 +306,13 @@ def _timed(seconds: dict, key: str):
 
 
 def run_parity(config, reference_repo: str, torch_checkpoint: str | None = None, allow_pickle: bool = False,
-               seed: int = 0, batch_size: int = 1) -> ParityReport:
-  """Builds the official model and jaxmatch's from the same weights and compares them stage by stage."""
+               seed: int = 0, batch_size: int = 1, sharpen: bool = True,
+               sensitivity: bool = True) -> ParityReport:
+  """Builds the official model and jaxmatch's from the same weights and compares them stage by stage.
+
+  `sharpen`: let the adapter rescale the seeded random weights so every parameter group matters (ignored
+  with a checkpoint, whose weights are used as given). `sensitivity`: run the self-check afterwards.
+  """
   if batch_size < 1:
     raise ParityError(f"batch_size must be >= 1, got {batch_size}")
   try:
@@ -300,38 +339,69 @@ def run_parity(config, reference_repo: str, torch_checkpoint: str | None = None,
     load_reference_weights(model, checkpoint, torch_checkpoint)
     weights = f"{torch_checkpoint} (loaded into the official model, then converted)"
   else:
-    weights = f"random official initialisation (torch seed {seed}), converted"
+    weights = f"random official initialisation (torch seed {seed})"
   problems = adapter.check_reference(model, modules, config)
   if problems:
     raise ParityError("the official model built from this config differs from jaxmatch's:\n  "
                       + "\n  ".join(problems))
+  inputs = adapter.make_inputs(config, batch_size, seed)
+  if checkpoint is None:  # a checkpoint is compared as given
+    with _timed(seconds, "sharpen"):
+      how = _sharpen(adapter, model, modules, inputs, config) if sharpen else "not sharpened"
+    weights += f", {how}, converted"
   from jaxmatch.convert.keys import CheckpointMismatchError
   try:
     variables = adapter.convert(numpy_state_dict(model), config)
   except (CheckpointMismatchError, ValueError) as e:
     raise ParityError(f"converting the official weights failed: {e}") from e
 
-  inputs = adapter.make_inputs(config, batch_size, seed)
   with torch.no_grad(), _timed(seconds, "reference"):
-    try:
-      ref = adapter.run_reference(model, modules, inputs, config)
-    except ParityError:
-      raise
-    except Exception as e:  # the official code rejected this configuration at run time
-      raise ParityError(f"the reference code failed on this config: {type(e).__name__}: {e}") from e
+    ref = _run_reference(adapter, model, modules, inputs, config)
   # Full float32 matmuls: on accelerators the default may use reduced-precision passes.
   with jax.default_matmul_precision("highest"), _timed(seconds, "jaxmatch"):
     ours = adapter.run_ours(variables, inputs, config)
   results = [compare_stage(s, ours[s.name], ref[s.name]) for s in adapter.stages(config)]
+  report = None
+  if sensitivity:
+    from jaxmatch.parity.sensitivity import check_sensitivity
+    with torch.no_grad(), _timed(seconds, "sensitivity"):
+      report = check_sensitivity(adapter, model, config, ref,
+                                 lambda: _run_reference(adapter, model, modules, inputs, config))
   return ParityReport(config.model.name, os.path.abspath(reference_repo), weights,
-                      adapter.describe_inputs(inputs), results, seconds)
+                      adapter.describe_inputs(inputs), results, seconds, report)
+
+
+def _run_reference(adapter, model, modules: dict, inputs: dict, config) -> dict:
+  try:
+    return adapter.run_reference(model, modules, inputs, config)
+  except ParityError:
+    raise
+  except Exception as e:  # the official code rejected this configuration at run time
+    raise ParityError(f"the reference code failed on this config: {type(e).__name__}: {e}") from e
+
+
+def _sharpen(adapter, model, modules: dict, inputs: dict, config) -> str:
+  import torch
+  with torch.no_grad():
+    try:
+      return adapter.sharpen(model, modules, inputs, config)
+    except ParityError:
+      raise
+    except Exception as e:
+      raise ParityError(f"sharpening the official model's weights failed: {type(e).__name__}: {e}") from e
 
 
 def cli_run(config, reference_repo: str, torch_checkpoint: str | None = None, allow_pickle: bool = False,
-            seed: int = 0, batch_size: int = 1, json_out: str | None = None) -> int:
-  """What `python -m jaxmatch.parity` does: prints the report; returns 0 pass, 1 mismatch, 2 cannot run."""
+            seed: int = 0, batch_size: int = 1, json_out: str | None = None, sharpen: bool = True,
+            sensitivity: bool = True) -> int:
+  """What `python -m jaxmatch.parity` does: prints the report; returns 0 pass, 1 mismatch, 2 cannot run.
+
+  Parameter groups the self-check finds not covered are named in the verdict and the JSON; they do not
+  change the exit code, which says whether jaxmatch matches the reference on these weights.
+  """
   try:
-    report = run_parity(config, reference_repo, torch_checkpoint, allow_pickle, seed, batch_size)
+    report = run_parity(config, reference_repo, torch_checkpoint, allow_pickle, seed, batch_size, sharpen,
+                        sensitivity)
   except ParityError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     return 2

@@ -20,6 +20,14 @@ Stages, all from one unmodified official forward plus its public keypoint transf
 jaxmatch computes the same from one `TransforMatcher` application (backbone outputs captured) and the
 geometry functions the evaluator uses.
 
+Weights: the seeded official initialisation is "sharpened" before conversion (`sharpen`). As built, the
+additive attention's softmaxes over all tokens are nearly flat and the pooled global query / key cancel
+(~1e-4 against values ~1), so the logit weights, the scale, both softmaxes and the value path would move no
+stage: a port could get them wrong and pass. One calibrating reference forward rescales, block by block,
+each logit layer so its logits have std LOGIT_STD (peaked softmaxes) and `to_r`'s weight so the value path
+has std VALUE_STD (a quarter of that of the query it is added to). The sensitivity self-check groups are each
+backbone stage of each stream (the rows of the doubled tensors) and the head's roles across its blocks.
+
 What the official code can build: ResNet-50/101 only; its Match2Match hard-codes 26 correlation channels
 (ResNet-101 conv4_x + conv5_x), a 15-cell grid, width 16, 8 heads of 4, 6 blocks; keypoint transfer
 hard-codes sigma 10 and tau 0.05. Config values that differ are reported before anything runs, and the
@@ -49,6 +57,34 @@ RTOL_BACKBONE = 1e-4
 RTOL_CORRELATION = 1e-4
 RTOL_HEAD = 1e-4
 RTOL_KEYPOINTS = 1e-4     # of the largest pixel coordinate: 0.024 px at 240 px
+
+# Sharpening targets (see the module docstring): raw logit std (x dim_head**-0.5 = 0.5 in the softmax) and
+# the std of to_r's weight times the pooled values. Measured (seeds 0-3 at the 64 px test size, 0-1 at
+# 240 px): a 1% change of the weakest group moves a stage 4.6-29x (64 px) / 1.9-5.4x (240 px) its
+# tolerance, while the float32 difference of a faithful port stays 11-90x / 5-12x inside it. Sharper
+# settings raise that difference faster than the sensitivity: value std 0.5 fails at 64 px (4e-4), and
+# softmaxes over ~8 tokens fail at 240 px.
+LOGIT_STD = 8.0
+VALUE_STD = 0.125
+
+# Self-check groups of the head: role -> (state_dict key pattern inside match2match., rows of to_qkv)
+HEAD_GROUPS = {
+    "head.embedding": ("to_embedding.", None),
+    "head.attention_norm": (".0.norm.", None),
+    "head.query": (".to_qkv.", 0),
+    "head.key": (".to_qkv.", 1),
+    "head.value": (".to_qkv.", 2),
+    "head.query_logits": (".to_q_attn_logits.", None),
+    "head.key_logits": (".to_k_attn_logits.", None),
+    "head.rotary_freqs": (".pos_emb.freqs", None),
+    "head.to_r": (".to_r.", None),
+    "head.to_out": (".to_out.", None),
+    "head.mlp_norm": (".1.norm.", None),
+    "head.mlp": (".1.fn.", None),
+    "head.to_original": ("to_original.", None),
+}
+UNUSED = {"match2match.posenc": "the learnable absolute position embedding the official forward never adds",
+          "backbone.fc.": "the single-stream ImageNet classifier, never called"}
 
 
 def rotary_api_problems() -> list[str]:
@@ -170,6 +206,42 @@ class TransforMatcherAdapter:
             Stage("keypoints", "transferred target keypoints, pixels (valid points)", RTOL_KEYPOINTS)]
     return tuple(out)
 
+  # ------------------------------------------------------------------ sensitivity
+  def parameter_groups(self, shapes: dict, config) -> dict[str, list]:
+    """Backbone: stem and every stage of each stream (its rows of the doubled tensors); head: by role."""
+    groups = {}
+    for stream, half in (("source", 0), ("target", 1)):
+      for name, prefix in [("stem", ("backbone.conv1.", "backbone.bn1."))] + \
+          [(_stage_label(s), (f"backbone.layer{s}.",)) for s in (1, 2, 3, 4)]:
+        groups[f"backbone.{stream}.{name}"] = [(k, _stream_rows(shapes[k], half)) for k in shapes
+                                               if k.startswith(prefix) and shapes[k]]
+    head = [k for k in shapes if k.startswith("match2match.")]
+    for group, (pattern, rows) in HEAD_GROUPS.items():
+      keys = [k for k in head if pattern in k]
+      groups[group] = keys if rows is None else [(k, _qkv_rows(shapes[k], rows)) for k in keys]
+    return {name: members for name, members in groups.items() if members}
+
+  def unused_parameters(self, shapes: dict, config) -> dict[str, str]:
+    return {k: why for k in shapes for prefix, why in UNUSED.items() if k.startswith(prefix)}
+
+  def sharpen(self, model, modules: dict, inputs: dict, config) -> str:
+    """Rescales the attention logit layers and to_r, block by block, in one calibrating forward."""
+    handles = []
+    for name, module in model.named_modules():
+      if name.endswith(("to_q_attn_logits", "to_k_attn_logits")):
+        handles.append(module.register_forward_hook(_calibrate(LOGIT_STD)))
+      elif name.endswith(".to_r"):
+        handles.append(module.register_forward_hook(_calibrate(VALUE_STD)))
+    if not handles:
+      raise ParityError("the official model has no to_q_attn_logits / to_k_attn_logits / to_r layers to sharpen")
+    try:
+      self.run_reference(model, modules, inputs, config)
+    finally:
+      for h in handles:
+        h.remove()
+    return (f"sharpened (attention logit weights rescaled to logit std {LOGIT_STD:g}, to_r weights to value "
+            f"path std {VALUE_STD:g}, on these inputs)")
+
   def run_reference(self, model, modules: dict, inputs: dict, config) -> dict:
     import torch
     geometry = modules["geometry"].Geometry
@@ -253,6 +325,32 @@ def _forward_stages(module, variables, src_img, trg_img):
   inter = state["intermediates"]
   blocks = {stream: inter[f"{stream}_backbone"]["__call__"][0]["blocks"] for stream in ("source", "target")}
   return corr, refined, corr_up, blocks
+
+
+def _stream_rows(shape: tuple, half: int) -> slice:
+  """One stream's rows of a doubled backbone tensor (source first; the grouped convs keep them apart)."""
+  n = shape[0] // 2
+  return slice(half * n, (half + 1) * n)
+
+
+def _qkv_rows(shape: tuple, part: int) -> slice:
+  """to_qkv's output rows of q (0), k (1) or v (2): the official code chunks its output in three."""
+  n = shape[0] // 3
+  return slice(part * n, (part + 1) * n)
+
+
+def _calibrate(target_std: float):
+  """Forward hook: scales the layer's weight so its weight term has std `target_std` on this input, and
+  passes the rescaled output on (later blocks are calibrated on what the sharpened earlier ones give)."""
+  def hook(module, args, output):
+    bias = 0.0 if module.bias is None else module.bias
+    spread = float((output - bias).std())
+    if not spread > 0:
+      raise ParityError(f"cannot sharpen {type(module).__name__}: its output does not vary")
+    factor = target_std / spread
+    module.weight.mul_(factor)
+    return (output - bias) * factor + bias
+  return hook
 
 
 def _submodule(model, dotted: str):

@@ -76,6 +76,8 @@ class FastAttention(nn.Module):
     super().__init__()
     self.heads = heads
     self.scale = dim_head ** -0.5
+    if utils.standin_variant() == "perturb_attention_scale":
+      self.scale *= 1.01
     self.max_seq_len = max_seq_len
     self.pos_emb = pos_emb
     self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
@@ -95,10 +97,15 @@ class FastAttention(nn.Module):
     q_weights = (self.to_q_attn_logits(q).squeeze(-1) * self.scale).softmax(dim=-1)
     global_q = torch.einsum("bhn,bhnd->bhd", q_weights, q_rot).unsqueeze(2)
     keys = pair_sum(k * global_q)
-    k_weights = (self.to_k_attn_logits(keys).squeeze(-1) * self.scale).softmax(dim=-1)
+    k_weights = (self.to_k_attn_logits(keys).squeeze(-1) * self.scale / key_temperature()).softmax(dim=-1)
     global_k = torch.einsum("bhn,bhnd->bhd", k_weights, k_rot).unsqueeze(2)
     r = self.to_r(pair_sum(v * global_k)) + q
     return self.to_out(r.transpose(1, 2).flatten(2))
+
+
+def key_temperature() -> float:
+  """1 in the faithful stand-in; 1.05 in `perturb_key_temperature` (a subtle change of the key softmax)."""
+  return 1.05 if utils.standin_variant() == "perturb_key_temperature" else 1.0
 
 
 class Match2Match(nn.Module):

@@ -3,7 +3,8 @@ import os
 
 import torch
 
-VARIANTS = ("", "official_limits", "perturb_correlation", "perturb_match2match", "perturb_keypoints")
+VARIANTS = ("", "official_limits", "perturb_correlation", "perturb_match2match", "perturb_attention_scale",
+            "perturb_key_temperature", "perturb_keypoints")
 
 
 def standin_variant() -> str:
