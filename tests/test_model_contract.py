@@ -15,7 +15,7 @@ from jaxmatch import convert, models
 from jaxmatch.config_utils import load_common
 from jaxmatch.convert.keys import CheckpointMismatchError, assert_tree_matches
 
-from conftest import REPO
+from conftest import REPO, optional_import
 
 import toy_model
 
@@ -90,3 +90,27 @@ def test_trains_and_evaluates_through_the_shared_loop(toy_registered, tmp_path, 
   losses = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl") if "train/loss" in line]
   assert [m["step"] for m in losses] == [1, 2, 3] and all(np.isfinite(m["train/loss"]) for m in losses)
   assert os.path.isdir(tmp_path / "run" / "checkpoints" / "3")
+
+
+def _parity_config():
+  config = toy_config()
+  config.model.num_classes = 5
+  config.data.img_size = (16, 8)
+  return config
+
+
+def test_parity_tool_finds_the_adapter_through_the_contract(toy_registered):
+  from jaxmatch.parity import run_parity
+  optional_import("torch")
+  report = run_parity(_parity_config(), str(REPO / "tests" / "toy_model" / "reference"), batch_size=4)
+  assert report.passed, report.render()
+  assert report.sensitivity is not None and report.sensitivity.complete, report.render()
+
+
+def test_parity_tool_catches_a_one_percent_change_in_the_reference(toy_registered, tmp_path):
+  from jaxmatch.parity import run_parity
+  optional_import("torch")
+  source = (REPO / "tests" / "toy_model" / "reference" / "toy_official.py").read_text()
+  (tmp_path / "toy_official.py").write_text(source.replace("CAMERA_SCALE = 1.0", "CAMERA_SCALE = 1.01"))
+  report = run_parity(_parity_config(), str(tmp_path), batch_size=4)
+  assert not report.passed and "feature" in report.summary()

@@ -24,7 +24,9 @@ from jaxmatch.parity import (ParityError, Stage, check_sensitivity, cli_run, com
                              import_reference, relative_error, run_parity)
 from jaxmatch.parity.transformatcher import ADAPTER
 
-torch = pytest.importorskip("torch")
+from conftest import optional_import
+
+torch = optional_import("torch")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STANDIN = os.path.join(REPO, "tests", "parity_reference", "transformatcher")

@@ -17,7 +17,7 @@ import contextlib
 import dataclasses
 from typing import Callable, Mapping, Sequence
 
-from jaxmatch.parity.core import Member, compare_stage
+from jaxmatch.parity.stages import Member, compare_stage
 
 PERTURBATION = 1.01
 

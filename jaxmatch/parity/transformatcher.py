@@ -44,10 +44,9 @@ import sys
 import jax
 import numpy as np
 
+from input_pipeline.images import IMAGENET_MEAN, IMAGENET_STD
 from jaxmatch.parity.core import ParityError, Stage
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 OFFICIAL_BACKBONES = (50, 101)
 OFFICIAL_SIGMA = 10.0     # Geometry.apply_gaussian_kernel default, not passed on by transfer_kps_diff
 OFFICIAL_TAU_EVAL = 0.05  # Geometry.transfer_kps_diff with is_train=False
@@ -175,7 +174,7 @@ class TransforMatcherAdapter:
     rng = np.random.default_rng(seed)
     size, max_kps = int(config.data.img_size), int(config.data.max_kps)
     pixels = rng.uniform(0.0, 1.0, (2, batch_size, size, size, 3)).astype(np.float32)
-    images = (pixels - IMAGENET_MEAN) / IMAGENET_STD
+    images = (pixels - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
     n_pts = rng.integers(1, max_kps + 1, batch_size)
     kps = rng.uniform(0.0, size - 1, (batch_size, max_kps, 2))
     # Near grid nodes the official tau=0.05 sampler reaches a cell at any grid size (at 240 px every point does).
