@@ -114,3 +114,17 @@ def test_parity_tool_catches_a_one_percent_change_in_the_reference(toy_registere
   (tmp_path / "toy_official.py").write_text(source.replace("CAMERA_SCALE = 1.0", "CAMERA_SCALE = 1.01"))
   report = run_parity(_parity_config(), str(tmp_path), batch_size=4)
   assert not report.passed and "feature" in report.summary()
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_every_registered_contract_resolves(name):
+  """Each dotted path a shipped contract names imports and is callable (a typo fails here, not in a run)."""
+  import importlib
+  contract = models.get_contract(name)
+  assert contract.name == name and contract.task in ("correspondence", "reid")
+  for member in ("build", "from_torch", "complete_config", "imagenet_start"):
+    fn = contract.resolve(member)
+    assert fn is None or callable(fn), member
+  assert contract.train_fields and contract.eval_fields
+  if contract.parity_adapter:
+    assert importlib.import_module(contract.parity_adapter).ADAPTER.name == name
