@@ -1,6 +1,7 @@
 """Train state and optimizer: Adam/AdamW/SGD per parameter group (optax.multi_transform)."""
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import flax
@@ -41,15 +42,53 @@ def warmup_multistep_by_epoch(base_lr: float, steps_per_epoch: int, milestones, 
   return schedule
 
 
+def cosine_warmup_epoch_lr(epoch: int, base_lr: float, num_epochs: int, warmup_epochs: int,
+                           warmup_lr: float, min_lr: float) -> float:
+  """timm's CosineLRScheduler (one cycle, no warmup prefix, no noise) at epoch index `epoch`.
+
+  Linear warmup from the absolute warmup_lr for epoch < warmup_epochs; then the cosine over the whole run
+  (t is not shifted by the warmup) down to the absolute min_lr, held from num_epochs on. warmup_lr and
+  min_lr are the same for every group, whatever its base lr (TransReID's bias group included).
+  """
+  if epoch < warmup_epochs:
+    return warmup_lr + epoch * (base_lr - warmup_lr) / warmup_epochs
+  if epoch >= num_epochs:
+    return min_lr
+  # 0.5 (1 + cos x) written as cos^2(x / 2): exact near the end of the run, where 1 + cos x cancels.
+  return min_lr + (base_lr - min_lr) * math.cos(math.pi * epoch / (2 * num_epochs)) ** 2
+
+
+def cosine_warmup_by_epoch(base_lr: float, steps_per_epoch: int, num_epochs: int, warmup_epochs: int,
+                           warmup_lr: float, min_lr: float) -> optax.Schedule:
+  """TransReID's schedule, stepped once per epoch: as in the baseline, scheduler.step(epoch) runs at the start
+  of every epoch, so the first epoch already trains at epoch index 1 (the warmup_lr the groups hold before
+  that first step never drives an update)."""
+  if num_epochs < 1:
+    raise ValueError(f"schedule 'cosine_warmup_epochs' needs num_epochs >= 1, got {num_epochs}")
+  table = jnp.asarray([cosine_warmup_epoch_lr(e, base_lr, num_epochs, warmup_epochs, warmup_lr, min_lr)
+                       for e in range(num_epochs + 1)], jnp.float32)   # float64 values, rounded once
+
+  def schedule(step):
+    epoch = step // max(1, steps_per_epoch) + 1
+    return table[jnp.minimum(epoch, num_epochs)]
+
+  return schedule
+
+
 def learning_rate_schedule(cfg: ConfigDict, base_lr: float, total_steps: int,
                            steps_per_epoch: int | None = None) -> optax.Schedule:
   """config.train.schedule: 'constant' (the TransforMatcher code), 'cosine' or 'multistep', with optional
-  linear warmup (config.train.warmup_steps) from 0; or 'warmup_multistep_epochs' (the re-ID baseline:
-  milestones and warmup_epochs counted in epochs of `steps_per_epoch` steps)."""
+  linear warmup (config.train.warmup_steps) from 0; or, counted in epochs of `steps_per_epoch` steps,
+  'warmup_multistep_epochs' (the re-ID baseline: milestones, warmup_epochs, warmup_factor) or
+  'cosine_warmup_epochs' (TransReID: num_epochs, warmup_epochs, and the absolute warmup_lr and min_lr)."""
   kind = cfg.get("schedule", "constant")
+  if kind.endswith("_epochs") and not steps_per_epoch:
+    raise ValueError(f"schedule {kind!r} needs the task's steps per epoch")
+  if kind == "cosine_warmup_epochs":
+    num_epochs = int(cfg.get("num_epochs", 0)) or total_steps // steps_per_epoch
+    return cosine_warmup_by_epoch(base_lr, steps_per_epoch, num_epochs, int(cfg.get("warmup_epochs", 0)),
+                                  float(cfg.get("warmup_lr", 0.0)), float(cfg.get("min_lr", 0.0)))
   if kind == "warmup_multistep_epochs":
-    if not steps_per_epoch:
-      raise ValueError("schedule 'warmup_multistep_epochs' needs the task's steps per epoch")
     return warmup_multistep_by_epoch(base_lr, steps_per_epoch, cfg.milestones, float(cfg.get("gamma", 0.1)),
                                      int(cfg.get("warmup_epochs", 0)), float(cfg.get("warmup_factor", 0.01)))
   warmup = int(cfg.get("warmup_steps", 0))
@@ -61,7 +100,8 @@ def learning_rate_schedule(cfg: ConfigDict, base_lr: float, total_steps: int,
     main = optax.piecewise_constant_schedule(
         base_lr, {int(m) - warmup: float(cfg.get("gamma", 0.1)) for m in cfg.milestones})
   else:
-    raise ValueError(f"unknown config.train.schedule {kind!r}: expected constant, cosine or multistep")
+    raise ValueError(f"unknown config.train.schedule {kind!r}: expected constant, cosine, multistep, "
+                     "warmup_multistep_epochs or cosine_warmup_epochs")
   if warmup <= 0:
     return main
   return optax.join_schedules([optax.linear_schedule(0.0, base_lr, warmup), main], [warmup])
@@ -138,6 +178,15 @@ def label_by_prefix(params: Any, groups: dict[str, str], default: str) -> Any:
         return group
     return default
   return jax.tree_util.tree_map_with_path(label, params)
+
+
+def relabel_by_name(labels: Any, substring: str, group: str) -> Any:
+  """Moves every non-frozen leaf whose dotted path contains `substring` to `group`: TransReID gives any
+  parameter whose name contains 'bias' its own learning rate (2x) and weight decay."""
+  def relabel(path, label):
+    name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    return group if label != FROZEN and substring in name else label
+  return jax.tree_util.tree_map_with_path(relabel, labels)
 
 
 LossFn = Callable[..., Any]
