@@ -21,6 +21,7 @@ from ml_collections import config_flags
 
 from jaxmatch import models
 from jaxmatch import parallel
+from jaxmatch.tasks.base import ModelOnlyTask
 from jaxmatch.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/transformatcher_spair.py", "Recipe.")
@@ -130,7 +131,7 @@ def main(argv):
   extra = {"img_size": config.data.img_size, "dtype": _DTYPE.value, "backbone": config.model.backbone_depth,
            "jax": jax.__version__}
   repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
-  state, tx = loop.init_state(model, config.train, mesh, 0)
+  state, tx = loop.init_state(ModelOnlyTask(config, model), config.train, mesh, 0)
   results = []
   if "inference" in _WHAT.value:
     predict = jax.jit(model.predict, in_shardings=(repl, repl, data), out_shardings=data)

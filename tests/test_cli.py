@@ -129,11 +129,11 @@ class _Killed(Exception):
 
 def _restore(workdir, config):
   from jaxmatch import parallel
-  from jaxmatch.tasks.base import RestoreTask
+  from jaxmatch.tasks.base import ModelOnlyTask
   from jaxmatch.train import checkpoint as ckpt
   from jaxmatch.train import loop
   mesh = parallel.make_mesh(1)
-  state, _ = loop.init_state(RestoreTask(config), config.train, mesh, 0)
+  state, _ = loop.init_state(ModelOnlyTask(config), config.train, mesh, 0)
   manager = ckpt.make_manager(str(workdir), with_data=False)
   restored, meta = ckpt.restore(manager, ckpt.abstract_like(state, parallel.replicated(mesh)))
   manager.close()

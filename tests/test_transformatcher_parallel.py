@@ -6,6 +6,7 @@ import numpy as np
 
 from jaxmatch import models
 from jaxmatch import parallel
+from jaxmatch.tasks.base import ModelOnlyTask
 from jaxmatch.train import loop
 from test_convert_cli import tiny_config
 
@@ -23,7 +24,7 @@ def _batch(cfg, n=8, seed=0):
 def _train(cfg, num_devices, batches):
   model = models.build(cfg)
   mesh = parallel.make_mesh(num_devices)
-  state, tx = loop.init_state(model, cfg.train, mesh, seed=0)
+  state, tx = loop.init_state(ModelOnlyTask(cfg, model), cfg.train, mesh, seed=0)
   repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
   step = jax.jit(loop.make_train_step(model.loss_fn, tx), in_shardings=(repl, data, repl),
                  out_shardings=(repl, repl))

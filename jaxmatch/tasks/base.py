@@ -60,9 +60,10 @@ class ModelTask:
     return select_fields(batch, self.contract.eval_fields, self.field_names, "evaluation batch")
 
 
-class RestoreTask(ModelTask):
-  """Just enough of a task to rebuild the train-state layout of a saved run (no data, no ImageNet start:
-  the checkpoint replaces every weight)."""
+class ModelOnlyTask(ModelTask):
+  """A model without data: enough of a task for `loop.init_state`, to rebuild the train-state layout of
+  a saved run (the checkpoint replaces every weight, so no ImageNet start) or to drive the jitted train
+  step directly (tests, benchmarks)."""
 
   def __init__(self, config: ConfigDict, model=None):
     self.config = config

@@ -7,7 +7,7 @@ import os
 from ml_collections import ConfigDict
 
 from jaxmatch import models, parallel
-from jaxmatch.tasks.base import RestoreTask
+from jaxmatch.tasks.base import ModelOnlyTask
 from jaxmatch.train import checkpoint as ckpt
 from jaxmatch.train import loop
 
@@ -30,7 +30,7 @@ def load_trained(workdir: str, step: int | None = None, mesh=None):
   config = workdir_config(workdir)
   model = models.build(config)
   mesh = mesh or parallel.make_mesh(None)
-  state, _ = loop.init_state(RestoreTask(config, model), config.train, mesh, int(config.train.seed))
+  state, _ = loop.init_state(ModelOnlyTask(config, model), config.train, mesh, int(config.train.seed))
   manager = ckpt.make_manager(workdir, int(config.train.keep_checkpoints), with_data=False)
   if manager.latest_step() is None:
     raise ckpt.CheckpointError(f"no checkpoint in {ckpt.checkpoint_dir(workdir)}")
