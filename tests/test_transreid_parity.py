@@ -228,7 +228,8 @@ GROUPS = {
     "sie_embed": ("sie_embed",), "block0": ("base", "blocks_0"), "block1": ("base", "blocks_1"),
     "b1": ("b1",), "b2": ("b2",), **{f"neck{k}_bn": (n, "bottleneck") for k, n in
                                     enumerate(["neck", "neck_1", "neck_2", "neck_3", "neck_4"])},
-    **{f"neck{k}_classifier": (n, "classifier") for k, n in enumerate(["neck", "neck_1", "neck_2", "neck_3", "neck_4"])},
+    **{f"neck{k}_classifier": (n, "classifier")
+       for k, n in enumerate(["neck", "neck_1", "neck_2", "neck_3", "neck_4"])},
 }
 
 

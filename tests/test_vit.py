@@ -79,16 +79,11 @@ def compare_with_timm(name: str, arch_name: str, img_size, **kw) -> dict:
   return errors
 
 
-def test_vit_base_two_blocks_matches_timm():
-  compare_with_timm("vit_base_patch16_224", "vit_base", (64, 48), depth=2)
-
-
 def test_deit_small_matches_timm_every_block():
   compare_with_timm("deit_small_patch16_224", "deit_small", (64, 48))
 
 
-@pytest.mark.slow
-def test_vit_base_full_depth_matches_timm():
+def test_vit_base_full_depth_matches_timm():  # ~8 s on 2 CPU cores at 96x64
   compare_with_timm("vit_base_patch16_224", "vit_base", (96, 64))
 
 
