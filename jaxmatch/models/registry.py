@@ -18,6 +18,7 @@ from ml_collections import ConfigDict
 MODELS = {
     "transformatcher": "jaxmatch.models.transformatcher",
     "baseline": "jaxmatch.models.reid",
+    "transreid": "jaxmatch.models.transreid",
 }
 
 Ref = str | Callable | None  # "module.path:attribute", the callable itself, or absent
