@@ -26,7 +26,9 @@ def _data() -> ml_collections.ConfigDict:
       augment=ml_collections.ConfigDict(dict(
           interpolation="bilinear", test_interpolation="bilinear", flip_prob=0.5, pad=10, rotation=0.0,
           erasing="bot", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))),
-      embedded=ml_collections.ConfigDict(dict(num_train_ids=100, num_test_ids=50, images_per_id=8, seed=0))))
+      embedded=ml_collections.ConfigDict(dict(num_train_ids=100, num_test_ids=50, images_per_id=8, seed=0)),
+      # Set by the task from the training split: the cameras / views a side-information table covers.
+      camera_ids=(), view_ids=()))
 
 
 def _train() -> ml_collections.ConfigDict:
@@ -46,7 +48,10 @@ def _eval() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       datasets=(), batch_size=128, metric="euclidean", flip_average=False,
       rerank=False, k1=20, k2=6, lambda_value=0.3, rerank_float16_like_transreid=False,
-      num_ranked_figures=6, figure_top_k=10))
+      num_ranked_figures=6, figure_top_k=10,
+      # Models with side information (TransReID's SIE): images whose camera / view is not in the training
+      # table are an error, unless these name the table row to embed them with (>= 0).
+      fixed_camera=-1, fixed_view=-1))
 
 
 def _embedded_schedule() -> ml_collections.ConfigDict:

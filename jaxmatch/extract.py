@@ -22,6 +22,10 @@ _SPLIT = flags.DEFINE_string("split", "query", "... and its split: train, query 
 _OUTPUT = flags.DEFINE_string("output", None, "Where the .npy goes (the .json is written beside it).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Images per batch (default: config.eval.batch_size).")
+_FIXED_CAMERA = flags.DEFINE_integer("fixed_camera", None, "Models with camera side information (TransReID): "
+                                     "the camera table row for images whose camera is unknown (file names "
+                                     "without _c<cam>, or cameras unseen in training); default: an error.")
+_FIXED_VIEW = flags.DEFINE_integer("fixed_view", None, "The same for viewpoint side information.")
 
 
 def _split():
@@ -47,7 +51,8 @@ def main(argv):
   try:
     workdir_config(_WORKDIR.value)  # a missing or non-re-ID workdir is reported before any data is read
     npy, meta = extract_to_files(_WORKDIR.value, _split(), _OUTPUT.value, step=_STEP.value,
-                                 batch_size=_BATCH.value)
+                                 batch_size=_BATCH.value, fixed_camera=_FIXED_CAMERA.value,
+                                 fixed_view=_FIXED_VIEW.value)
   except (*user_errors(), FileNotFoundError, ValueError, KeyError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)

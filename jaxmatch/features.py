@@ -20,6 +20,7 @@ from input_pipeline.reid.market1501 import IMAGE_SUFFIXES, parse_pid_cam
 from input_pipeline.reid.splits import ReidSplit
 from jaxmatch import models, parallel
 from jaxmatch.tasks.base import select_fields
+from jaxmatch.tasks.side_info import SideInfo
 
 # The model's batch fields -> the re-ID pipeline's keys.
 REID_FIELD_NAMES = {"camera": "camid", "view": "viewid"}
@@ -67,6 +68,7 @@ class FeatureExtractor:
   def __init__(self, model, config: ConfigDict):
     self.model, self.config = model, config
     self.fields = models.contract_of(config).eval_fields
+    self.side_info = SideInfo.from_config(config)
     self._embed = {}
 
   def _jitted(self, mesh):
@@ -97,17 +99,27 @@ class FeatureExtractor:
 
   def inputs(self, batch: dict, view: str = "image") -> dict:
     """The model's eval fields of a pipeline batch, the image taken from `view` (the mirror image)."""
-    return select_fields({**batch, "image": batch[view]}, self.fields, REID_FIELD_NAMES, "evaluation batch")
+    inputs = select_fields({**batch, "image": batch[view]}, self.fields, REID_FIELD_NAMES, "evaluation batch")
+    valid = batch.get("valid")
+    if valid is not None:  # padding rows carry id -1; give them row 0 rather than an error
+      inputs = {k: (np.where(valid, v, self.side_info.ids[k][0] if self.side_info.ids[k] else 0)
+                    if k in ("camera", "view") else v) for k, v in inputs.items()}
+    return self.side_info.apply(inputs, "evaluation images")
 
 
 def extract_to_files(workdir: str, split: ReidSplit, output: str, *, step: int | None = None,
-                     batch_size: int | None = None) -> tuple[str, str]:
-  """Writes `output` (.npy features) and its .json metadata; returns both paths."""
+                     batch_size: int | None = None, fixed_camera: int | None = None,
+                     fixed_view: int | None = None) -> tuple[str, str]:
+  """Writes `output` (.npy features) and its .json metadata; returns both paths. `fixed_camera` /
+  `fixed_view`: the side-information row for images whose camera / view the model's table lacks."""
   from jaxmatch.tasks.restore import load_trained
   mesh = parallel.make_mesh(None)
   config, model, params, model_state, step = load_trained(workdir, step, mesh)
   if batch_size:
     config.eval.batch_size = int(batch_size)
+  for key, value in (("fixed_camera", fixed_camera), ("fixed_view", fixed_view)):
+    if value is not None:
+      config.eval[key] = int(value)
   feats = FeatureExtractor(model, config).extract(params, model_state, mesh, split)
   npy = output if output.endswith(".npy") else output + ".npy"
   meta_path = npy[:-4] + ".json"

@@ -19,6 +19,7 @@ from jaxmatch.config_utils import apply_embedded_schedule
 from jaxmatch.features import REID_FIELD_NAMES, FeatureExtractor
 from jaxmatch.tasks import reid_report
 from jaxmatch.tasks.base import ModelTask
+from jaxmatch.tasks.side_info import SideInfo
 
 # The Market protocol (same pid AND camera dropped) is also CUHK03-NP's, MSMT17's, VeRi's and Duke's.
 PROTOCOLS = {"cuhk03_classic": "cuhk03_classic"}
@@ -48,6 +49,8 @@ class ReidTask(ModelTask):
     self.data.prepare((d.dataset,) + self.eval_datasets)
     self.train_split = self.data.split(d.dataset, "train")
     config.model.num_classes = int(self.train_split.num_ids)  # the classifier covers the training ids
+    self.side_info = SideInfo.from_split(self.train_split)    # so do the side-information tables
+    self.side_info.record(config)
     self.model = models.build(config)
     self.num_instances = int(d.num_instances)
     self.num_ids_per_batch = _ids_per_batch(config.train.batch_size, self.num_instances)
@@ -55,6 +58,9 @@ class ReidTask(ModelTask):
     self.steps_per_epoch = max(1, nominal_pk_batches(self.train_split.pids, self.num_ids_per_batch,
                                                      self.num_instances))
     self.features = FeatureExtractor(self.model, config)
+
+  def train_inputs(self, batch: dict) -> dict:
+    return self.side_info.apply(super().train_inputs(batch), "training batch")
 
   # --- what the shared loop calls (init, groups, loss and batch fields: ModelTask) --------------------
   def train_iterator(self, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1):
