@@ -50,7 +50,7 @@ def _embedded_schedule() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       model=dict(embed_dim=64, depth=3, num_heads=4, mlp_ratio=4.0, drop_path=0.0),
       data=dict(img_size=(128, 64), augment=dict(erasing="none")),
-      train=dict(batch_size=32, num_epochs=16, warmup_epochs=1, optimizer="adam", weight_decay=0.0,
+      train=dict(batch_size=32, num_epochs=60, warmup_epochs=1, optimizer="adam", weight_decay=0.0,
                  warmup_lr=1e-5, min_lr=1e-5, log_every=10, checkpoint_every=100,
                  learning_rates=dict(base=1e-3, bias=1e-3), group_overrides=dict(bias=dict(weight_decay=0.0))),
       eval=dict(batch_size=64)))
