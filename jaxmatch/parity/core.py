@@ -109,9 +109,28 @@ def _purge_modules(repo: str, names: Sequence[str]) -> None:
       del sys.modules[name]
 
 
+def _module_file(name: str) -> str:
+  """'model.make_model' -> 'model/make_model.py' (a dotted name is a module inside the repository's packages)."""
+  return name.replace(".", "/") + ".py"
+
+
+def _module_exists(repo: str, file: str) -> bool:
+  path = os.path.join(repo, *file.split("/"))
+  return os.path.isfile(path) or os.path.isfile(os.path.join(path[:-3], "__init__.py"))
+
+
+def _local_names(repo: str) -> list[str]:
+  """Top-level modules and packages of the repository (their names may be taken by earlier imports)."""
+  return [os.path.splitext(f)[0] for f in os.listdir(repo)
+          if f.endswith(".py") or os.path.isfile(os.path.join(repo, f, "__init__.py"))]
+
+
 def import_reference(repo_path: str, modules: Sequence[str], entry_points: Mapping[str, Sequence[str]],
                      repository: str, install_hint: str = "") -> dict[str, Any]:
-  """Imports the flat modules of the official repository at `repo_path`: {module name: module}.
+  """Imports the modules of the official repository at `repo_path`: {module name: module}.
+
+  Names are flat (`geometry`) or dotted (`model.make_model`, a module of the repository's packages); the
+  repository root is on sys.path while they are imported.
 
   Raises ParityError naming the missing files, the failed import (with `install_hint` when a dependency is
   missing) or the missing entry points (class / function names the adapter calls).
@@ -121,12 +140,13 @@ def import_reference(repo_path: str, modules: Sequence[str], entry_points: Mappi
   repo = os.path.abspath(os.path.expanduser(repo_path))
   if not os.path.isdir(repo):
     raise ParityError(f"reference repository not found: {repo_path} (expected a clone of {repository})")
-  missing = [f"{m}.py" for m in modules if not os.path.isfile(os.path.join(repo, f"{m}.py"))]
+  files = [_module_file(m) for m in modules]
+  missing = [f for f in files if not _module_exists(repo, f)]
   if missing:
+    layout = "the flat layout" if all("." not in m for m in modules) else "the layout"
     raise ParityError(f"{repo_path} does not look like a clone of {repository}: missing "
-                      f"{', '.join(missing)} (expected the flat layout with {', '.join(m + '.py' for m in modules)})")
-  local = [os.path.splitext(f)[0] for f in os.listdir(repo) if f.endswith(".py")]
-  _purge_modules(repo, local)
+                      f"{', '.join(missing)} (expected {layout} with {', '.join(files)})")
+  _purge_modules(repo, _local_names(repo))
   loaded = {}
   sys.path.insert(0, repo)
   try:
@@ -135,9 +155,10 @@ def import_reference(repo_path: str, modules: Sequence[str], entry_points: Mappi
         loaded[name] = importlib.import_module(name)
       except ImportError as e:
         hint = f"; {install_hint}" if install_hint and isinstance(e, ModuleNotFoundError) else ""
-        raise ParityError(f"importing {name}.py from {repo_path} failed: {type(e).__name__}: {e}{hint}") from e
+        raise ParityError(f"importing {_module_file(name)} from {repo_path} failed: {type(e).__name__}: "
+                          f"{e}{hint}") from e
       except Exception as e:  # the reference's own import-time code failed
-        raise ParityError(f"importing {name}.py from {repo_path} failed: {type(e).__name__}: {e}") from e
+        raise ParityError(f"importing {_module_file(name)} from {repo_path} failed: {type(e).__name__}: {e}") from e
   finally:
     sys.path.remove(repo)
   absent = [f"{m}.{attr}" for m, attrs in entry_points.items() for attr in attrs if not hasattr(loaded[m], attr)]
@@ -188,7 +209,7 @@ class Adapter(Protocol):
   """What a model plugs into the tool (one module per model, `ADAPTER = ...` inside)."""
   name: str
   repository: str                           # where users get the official code
-  modules: tuple[str, ...]                  # flat module files of the repository to import, in order
+  modules: tuple[str, ...]                  # modules of the repository to import, in order (flat or dotted)
   entry_points: Mapping[str, tuple[str, ...]]
   install_hint: str                         # what to install when the reference's imports fail
 
@@ -205,6 +226,7 @@ class Adapter(Protocol):
   def parameter_groups(self, shapes: Mapping[str, tuple], config) -> dict[str, list[Member]]: ...
   def unused_parameters(self, shapes: Mapping[str, tuple], config) -> dict[str, str]: ...  # key -> why
   def sharpen(self, model, modules: dict, inputs: dict, config) -> str: ...  # in place; says what it did
+  # Optional: `import_context()`, a context manager around the import (shims for what newer libraries dropped).
 
 
 def get_adapter(name: str) -> Adapter:
@@ -248,8 +270,11 @@ def run_parity(config, reference_repo: str, torch_checkpoint: str | None = None,
   problems = adapter.check_config(config)
   if problems:
     raise ParityError("the official code cannot run this config:\n  " + "\n  ".join(problems))
-  modules = import_reference(reference_repo, adapter.modules, adapter.entry_points, adapter.repository,
-                             adapter.install_hint)
+  # An adapter may shim what the official code imports but current libraries dropped (e.g. torch._six).
+  shims = getattr(adapter, "import_context", None)
+  with shims() if shims is not None else contextlib.nullcontext():
+    modules = import_reference(reference_repo, adapter.modules, adapter.entry_points, adapter.repository,
+                               adapter.install_hint)
   # Read the file before the (slow) model build, so an unreadable file is reported at once.
   checkpoint = read_checkpoint(torch_checkpoint, allow_pickle) if torch_checkpoint else None
   seconds: dict[str, float] = {}

@@ -8,6 +8,7 @@ CONTRACT = ModelContract(
     train_fields=("image", "label", "camera", "view"), eval_fields=("image", "camera", "view"),
     from_torch="jaxmatch.convert.transreid:from_torch",
     complete_config="jaxmatch.convert.transreid:complete_config",
-    imagenet_start="jaxmatch.convert.transreid:imagenet_start")
+    imagenet_start="jaxmatch.convert.transreid:imagenet_start",
+    parity_adapter="jaxmatch.parity.transreid")
 
 __all__ = ["CONTRACT", "TransReID", "TransReIDModel", "build", "check_side_info", "jpm_order", "sie_layout"]
