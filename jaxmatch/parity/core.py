@@ -267,6 +267,15 @@ def run_parity(config, reference_repo: str, torch_checkpoint: str | None = None,
   import jax
 
   adapter = get_adapter(config.model.name)
+  # Read the file first, so an unreadable file is reported at once and the sizes it decides (classes,
+  # side-information tables) complete the config before the official code is asked to build it.
+  checkpoint = read_checkpoint(torch_checkpoint, allow_pickle) if torch_checkpoint else None
+  if checkpoint is not None:
+    from jaxmatch.convert import complete_config
+    try:
+      complete_config(config, checkpoint)
+    except ValueError as e:
+      raise ParityError(f"{torch_checkpoint}: {e}") from e
   problems = adapter.check_config(config)
   if problems:
     raise ParityError("the official code cannot run this config:\n  " + "\n  ".join(problems))
@@ -275,8 +284,6 @@ def run_parity(config, reference_repo: str, torch_checkpoint: str | None = None,
   with shims() if shims is not None else contextlib.nullcontext():
     modules = import_reference(reference_repo, adapter.modules, adapter.entry_points, adapter.repository,
                                adapter.install_hint)
-  # Read the file before the (slow) model build, so an unreadable file is reported at once.
-  checkpoint = read_checkpoint(torch_checkpoint, allow_pickle) if torch_checkpoint else None
   seconds: dict[str, float] = {}
   seed_everything(seed)
   with torch.no_grad(), _timed(seconds, "build reference"):
